@@ -1,0 +1,26 @@
+"""Installs the fairseq-quant plugin (``fairseq_quant``) and its fairseq patches (``fairseq_quant_patches``)."""
+from setuptools import find_packages, setup
+
+setup(
+    name="fairseq-quant",
+    version="0.1.0",
+    description="Quantization toolkit for fairseq models: QAT, PTQ, cyclic precision, number formats, kernels",
+    python_requires=">=3.9",
+    packages=find_packages(include=["fairseq_quant", "fairseq_quant.*"]) + ["fairseq_quant_patches"],
+    package_dir={"fairseq_quant_patches": "patches"},
+    install_requires=[
+        "torch>=2.1",
+        # fairseq 0.12.2 does not import on Python >= 3.11; ve-fairseq is a wheel of fairseq's main branch.
+        "fairseq==0.12.2; python_version < '3.11'",
+        "ve-fairseq==0.12.3; python_version >= '3.11'",
+        "numpy",
+        "scipy",
+        "scikit-learn",
+    ],
+    extras_require={"test": ["pytest>=7", "ruff"]},
+    entry_points={
+        "console_scripts": [
+            "fairseq-quant-evaluate=fairseq_quant.evaluate:cli_main",
+        ]
+    },
+)
