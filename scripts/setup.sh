@@ -6,8 +6,5 @@ PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then
   "$PYTHON" -m pip install -q torch==2.13.0
 fi
-if ! "$PYTHON" -c "import fairseq_quant, fairseq, pytest" >/dev/null 2>&1 \
-   || ! "$PYTHON" -m pip show -q fairseq-quant >/dev/null 2>&1; then
-  "$PYTHON" -m pip install -q -e ".[test]"
-fi
+"$PYTHON" -m pip install -q -e ".[test]"
 "$PYTHON" -c "import torch, fairseq, fairseq_quant; print(f'torch {torch.__version__}, fairseq {fairseq.__version__}, fairseq_quant ready')"

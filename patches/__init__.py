@@ -1,0 +1,17 @@
+"""Fixes to fairseq itself that no plugin seam reaches, one module per bug.
+
+Installed as the package ``fairseq_quant_patches`` (see ``setup.py``); importing ``fairseq_quant`` applies them.
+Each module names the fairseq bug it fixes, exposes ``apply()`` (idempotent) and has a test under ``tests/``
+that fails without it.
+"""
+from importlib import import_module
+
+PATCHES = ("bf16_without_tpu", "checkpoint_weights_only")
+
+__all__ = ["PATCHES", "apply_all"]
+
+
+def apply_all() -> None:
+    """Apply every patch in ``PATCHES`` (each is idempotent)."""
+    for name in PATCHES:
+        import_module(f"{__name__}.{name}").apply()
