@@ -6,3 +6,21 @@ Load it with ``fairseq-train --user-dir fairseq_quant`` (or ``import fairseq_qua
 import fairseq_quant_patches
 
 fairseq_quant_patches.apply_all()
+
+from .layers import QuantizedLinear, QuantizedMultiheadAttention, quantizers  # noqa: E402
+from .models import QuantRobertaModel  # noqa: E402  (registers quant_roberta and its architectures)
+from .quant_measure import QuantMeasure  # noqa: E402
+from .recipe import QuantRecipe, apply_recipe, quantize_model  # noqa: E402
+from .spec import QuantSpec  # noqa: E402
+
+__all__ = [
+    "QuantMeasure",
+    "QuantRecipe",
+    "QuantRobertaModel",
+    "QuantSpec",
+    "QuantizedLinear",
+    "QuantizedMultiheadAttention",
+    "apply_recipe",
+    "quantize_model",
+    "quantizers",
+]
