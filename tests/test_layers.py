@@ -1,0 +1,109 @@
+"""QuantizedLinear / QuantizedMultiheadAttention: every quantizer fires, no tensor is quantized twice."""
+import pytest
+import torch
+from fairseq.models.roberta import RobertaModel
+from helpers import tiny_args, tiny_batch, tiny_dictionary, tiny_model
+from torch import nn
+
+from fairseq_quant import QuantizedLinear, QuantMeasure, QuantSpec, quantizers
+
+HEAD = "sentence_classification_head"
+
+
+def record_calls(model):
+    """Hooks every QuantMeasure; returns the list of (name, input, output) of each call (tensors kept alive)."""
+    calls = []
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, QuantMeasure):
+            handles.append(module.register_forward_hook(
+                lambda mod, args, out, name=name: calls.append((name, args[0], out))))
+    return calls, handles
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_every_quantizer_fires_once_and_no_tensor_is_quantized_twice(training):
+    model = tiny_model(["--quantw", "--quantin"])
+    model.train(training)
+    names = [n for n, m in model.named_modules() if isinstance(m, QuantMeasure)]
+    # per layer: attention input, q/k/v weights and outputs, probs, out_proj input and weight, fc1/fc2 input and
+    # weight = 14; head: dense and out_proj input and weight = 4
+    assert len(names) == 14 * 2 + 4
+    calls, _ = record_calls(model)
+    logits, _ = model(tiny_batch(), classification_head_name=HEAD)
+    if training:
+        logits.sum().backward()
+    fired = [c[0] for c in calls]
+    assert sorted(fired) == sorted(names)  # each quantizer exactly once per forward
+    inputs = [c[1] for c in calls]
+    outputs = [c[2] for c in calls]
+    assert len({id(t) for t in inputs}) == len(inputs)  # no tensor enters two quantizers
+    assert not {id(t) for t in inputs} & {id(t) for t in outputs}  # no quantizer output is quantized again
+    for name, x, y in calls:
+        assert not torch.equal(x, y), f"{name} did not change its tensor"
+
+
+def test_measure_mode_fires_everywhere_and_changes_nothing():
+    model = tiny_model(["--measurew", "--measurein"])
+    ref = tiny_model([])
+    ref.load_state_dict(model.state_dict())
+    model.train()
+    ref.train()
+    calls, _ = record_calls(model)
+    x = tiny_batch()
+    torch.manual_seed(1)
+    out = model(x, classification_head_name=HEAD)[0]
+    torch.manual_seed(1)
+    expected = ref(x, classification_head_name=HEAD)[0]
+    assert len(calls) == 32
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    assert all(q.num_batches_tracked.item() == 1 for q in quantizers(model) if not q.spec.dynamic)
+
+
+def test_quantization_off_matches_fairseq_roberta_exactly():
+    quant = tiny_model([])
+    args = tiny_args([])
+    from types import SimpleNamespace
+
+    task = SimpleNamespace(source_dictionary=tiny_dictionary(), max_positions=lambda: 64)
+    plain = RobertaModel.build_model(args, task)
+    plain.register_classification_head(HEAD, num_classes=2)
+    plain.load_state_dict(quant.state_dict(), strict=False)
+    quant.eval()
+    plain.eval()
+    x = tiny_batch()
+    torch.testing.assert_close(
+        quant(x, classification_head_name=HEAD)[0], plain(x, classification_head_name=HEAD)[0], rtol=0, atol=1e-6
+    )
+    # off: fairseq's fused attention path is kept
+    assert not quant.encoder.sentence_encoder.layers[0].self_attn.skip_embed_dim_check
+
+
+def test_attention_operands_are_quantized_not_bypassed():
+    """Only the attention's q/k/probs/v quantizers on, at 2 bits: the output must change."""
+    model = tiny_model(["--quantin", "--bitsin", "2"])
+    model.eval()
+    for name, q in model.named_modules():
+        if isinstance(q, QuantMeasure) and not any(s in name for s in ("q_proj", "k_proj", "v_proj", "probs")):
+            q.set_spec(q.spec.replace(mode="off"))
+    x = tiny_batch()
+    attn = model.encoder.sentence_encoder.layers[0].self_attn
+    quantized = model(x, classification_head_name=HEAD)[0]
+    assert attn.skip_embed_dim_check  # fairseq's module-by-module path, which calls the projections
+    for q in quantizers(model):
+        q.set_spec(q.spec.replace(mode="off"))
+    full = model(x, classification_head_name=HEAD)[0]
+    assert (quantized - full).abs().max().item() > 1e-3
+
+
+def test_quantized_linear_output_quantizer_and_repr():
+    lin = nn.Linear(4, 3)
+    spec = QuantSpec(mode="quantize", bits=4, dynamic=True)
+    w_spec = QuantSpec(mode="quantize", bits=4, per_channel=True, dynamic=True)
+    q = QuantizedLinear.wrap(lin, spec, w_spec, spec)
+    assert q is lin and isinstance(q, nn.Linear)
+    assert set(dict(q.named_parameters())) == {"weight", "bias"}  # names unchanged: checkpoints still load
+    y = q(torch.randn(5, 4))
+    assert torch.unique(y).numel() <= 16  # output on a 4-bit grid
+    text = repr(q)
+    assert "QuantizedLinear" in text and "weight_quant" in text and "per-channel" in text

@@ -1,0 +1,196 @@
+"""QuantMeasure and the integer format: exact values, error bounds, gradients, state, non-finite policy."""
+import math
+
+import pytest
+import torch
+
+from fairseq_quant.estimators import current_minmax, int_qparams
+from fairseq_quant.formats import fake_quant_int, int_grid
+from fairseq_quant.quant_measure import QuantMeasure
+from fairseq_quant.spec import QuantSpec
+
+
+def qm(**kw) -> QuantMeasure:
+    kw.setdefault("mode", "quantize")
+    return QuantMeasure(QuantSpec(**kw))
+
+
+def test_int_grid_ranges():
+    assert int_grid(8, signed=True, symmetric=True) == (-127, 127)
+    assert int_grid(8, signed=True, symmetric=False) == (-128, 127)
+    assert int_grid(4, signed=False, symmetric=True) == (0, 15)
+    assert int_grid(2, signed=True, symmetric=True) == (-1, 1)
+    assert int_grid(16, signed=False, symmetric=False) == (0, 65535)
+    with pytest.raises(ValueError, match="from 2 to 16"):
+        int_grid(17, True, True)
+
+
+def test_symmetric_int4_exact_values():
+    # amax = 7/8 -> scale = 1/8 (exact in binary); values land on k/8, ties to even: -2.5 -> -2, 1.5 -> 2
+    x = torch.tensor([-0.875, -2.5 / 8, 0.0, 1.5 / 8, 0.3, 0.875])
+    y = qm(bits=4, dynamic=True)(x)
+    expected = torch.tensor([-7.0, -2.0, 0.0, 2.0, 2.0, 7.0]) / 8
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-7)
+
+
+def test_asymmetric_uint8_qparams_and_values():
+    scale, zp, qmin, qmax = int_qparams(torch.tensor(-1.0), torch.tensor(3.0), 8, signed=False, symmetric=False)
+    assert (qmin, qmax) == (0, 255)
+    assert scale.item() == pytest.approx(4 / 255)
+    assert zp.item() == 64
+    x = torch.tensor([-1.0, 0.0, 1.0, 3.0, 5.0])
+    y = fake_quant_int(x, scale, zp, qmin, qmax)
+    s = 4 / 255
+    expected = torch.tensor([-64 * s, 0.0, round(1 / s) * s, (255 - 64) * s, (255 - 64) * s])
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-6)
+    assert y[1].item() == 0.0  # zero is exact
+
+
+def test_range_is_widened_to_contain_zero():
+    scale, zp, _, _ = int_qparams(torch.tensor(2.0), torch.tensor(4.0), 8, signed=False, symmetric=False)
+    assert zp.item() == 0 and scale.item() == pytest.approx(4 / 255)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 6, 8, 12, 16])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_error_within_half_a_step_inside_range(bits, symmetric):
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(bits)) * 3 + (0 if symmetric else 1)
+    m = qm(bits=bits, symmetric=symmetric, dynamic=True)
+    y = m(x)
+    lo, hi = current_minmax(x)
+    scale, _, qmin, qmax = int_qparams(lo, hi, bits, True, symmetric)
+    assert (y - x).abs().max().item() <= scale.item() / 2 * (1 + 1e-5)
+    levels = torch.unique(torch.round(y / scale)).numel()
+    assert levels <= qmax - qmin + 1
+
+
+def test_per_channel_weight_ranges():
+    w = torch.tensor([[1.0, -0.5, 0.25], [100.0, 50.0, -25.0]])
+    m = QuantMeasure(QuantSpec(mode="quantize", bits=3, per_channel=True, dynamic=True), channels=2)
+    y = m(w)
+    # per channel: scales 1/3 and 100/3, so the small row keeps its resolution
+    torch.testing.assert_close(y[0], torch.tensor([1.0, -2 / 3, 1 / 3]))
+    torch.testing.assert_close(y[1], torch.tensor([100.0, 200 / 3, -100 / 3]))
+    per_tensor = QuantMeasure(QuantSpec(mode="quantize", bits=3, dynamic=True))(w)
+    assert torch.equal(per_tensor[0], torch.tensor([0.0, 0.0, 0.0]))
+
+
+def test_straight_through_gradient_inside_range_only():
+    m = qm(bits=8, symmetric=True, momentum=0.0)
+    m.train()
+    m(torch.tensor([-2.0, 2.0]))  # running range [-2, 2]
+    m.eval()
+    x = torch.tensor([-3.0, -1.0, 0.0, 1.5, 2.0, 5.0], requires_grad=True)
+    m(x).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def test_running_average_updates_in_training_only():
+    m = qm(bits=8, momentum=0.5)
+    m.train()
+    m(torch.tensor([-1.0, 1.0]))
+    m(torch.tensor([-3.0, 5.0]))
+    assert m.running_min.item() == -2.0 and m.running_max.item() == 3.0
+    assert m.num_batches_tracked.item() == 2
+    m.eval()
+    y = m(torch.tensor([-100.0, 100.0]))
+    assert m.running_max.item() == 3.0  # not updated in eval
+    assert y.max().item() == pytest.approx(3.0, abs=0.02)  # saturates at the running range
+
+
+def test_dynamic_uses_current_batch_and_records_nothing():
+    m = qm(bits=8, dynamic=True)
+    m.train()
+    y = m(torch.tensor([0.0, 10.0]))
+    assert m.num_batches_tracked.item() == 0
+    assert y.max().item() == pytest.approx(10.0)
+
+
+def test_eval_without_recorded_range_falls_back_to_current_batch():
+    m = qm(bits=8)
+    m.eval()
+    y = m(torch.tensor([-4.0, 4.0]))
+    torch.testing.assert_close(y, torch.tensor([-4.0, 4.0]), atol=0.02, rtol=0)
+
+
+def test_measure_mode_records_and_returns_input_unchanged():
+    m = qm(mode="measure", bits=2, momentum=0.0)
+    m.train()
+    x = torch.randn(50)
+    assert m(x) is x
+    assert m.running_min.item() == x.min().item() and m.running_max.item() == x.max().item()
+
+
+def test_off_mode_is_identity():
+    x = torch.randn(5)
+    assert qm(mode="off")(x) is x
+
+
+def test_state_dict_round_trip_restores_ranges():
+    m = qm(bits=6)
+    m.train()
+    m(torch.tensor([-2.0, 7.0]))
+    state = m.state_dict()
+    assert set(state) == {"running_min", "running_max", "num_batches_tracked"}
+    fresh = qm(bits=6)
+    fresh.load_state_dict(state)
+    fresh.eval()
+    assert fresh.running_min.item() == -2.0 and fresh.running_max.item() == 7.0
+    x = torch.tensor([-100.0, 0.5, 100.0])
+    m.eval()
+    assert torch.equal(fresh(x), m(x))  # uses the restored range, not the batch's
+
+
+def test_bf16_cast_keeps_ranges_float32_and_output_dtype():
+    m = qm(bits=8).to(torch.bfloat16)
+    assert m.running_min.dtype == torch.float32
+    m.train()
+    x = (torch.randn(64) * 1000).to(torch.bfloat16)
+    y = m(x)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+
+
+# --- non-finite policy: ranges from finite values only; NaN stays NaN; inf saturates ---
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_all_zero_constant_and_empty_inputs_stay_finite(symmetric):
+    m = qm(bits=8, symmetric=symmetric)
+    m.train()
+    assert torch.equal(m(torch.zeros(7)), torch.zeros(7))
+    c = qm(bits=8, symmetric=symmetric).train()(torch.full((5,), 3.0))
+    assert torch.isfinite(c).all() and c[0].item() == pytest.approx(3.0, rel=1e-2)
+    e = m(torch.empty(0, 4))
+    assert e.shape == (0, 4)
+    assert torch.isfinite(m.running_min).all() and torch.isfinite(m.running_max).all()
+
+
+def test_inf_and_nan_do_not_poison_ranges():
+    m = qm(bits=8, momentum=0.0)
+    m.train()
+    x = torch.tensor([-1.0, 0.5, 2.0, math.inf, -math.inf, math.nan])
+    y = m(x)
+    assert m.running_min.item() == -1.0 and m.running_max.item() == 2.0
+    assert y[3].item() == pytest.approx(2.0, abs=0.02) and y[4].item() == pytest.approx(-2.0, abs=0.02)  # symmetric range: [-2, 2]
+    assert math.isnan(y[5].item())  # NaN is not turned into a number
+    assert torch.isfinite(y[:5]).all()
+    only_bad = torch.tensor([math.nan, math.inf])
+    m(only_bad)
+    assert m.running_max.item() == 2.0  # no finite data: range unchanged
+    follow = m(torch.tensor([0.1, -0.2, 1.9]))
+    assert torch.isfinite(follow).all()
+
+
+def test_per_channel_nan_row_keeps_other_rows():
+    m = QuantMeasure(QuantSpec(mode="quantize", bits=8, per_channel=True, dynamic=True), channels=2)
+    w = torch.tensor([[math.nan, math.nan], [1.0, -1.0]])
+    y = m(w)
+    assert torch.isnan(y[0]).all() and torch.equal(y[1], torch.tensor([1.0, -1.0]))
+
+
+def test_spec_validation_names_allowed_values():
+    with pytest.raises(ValueError, match="from 2 to 16"):
+        QuantSpec(bits=1)
+    with pytest.raises(ValueError, match="from 2 to 16"):
+        QuantSpec(bits=8.5)
+    with pytest.raises(ValueError, match="'off', 'measure', 'quantize'"):
+        QuantSpec(mode="fast")
