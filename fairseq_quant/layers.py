@@ -6,7 +6,7 @@ load unchanged; the quantizers only add buffers.
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from .spec import QuantSpec
 __all__ = ["QuantizedLinear", "QuantizedMultiheadAttention", "quantizers"]
 
 
-def _measure(spec: Optional[QuantSpec], channels: int = 1) -> Optional[QuantMeasure]:
+def _measure(spec: QuantSpec | None, channels: int = 1) -> QuantMeasure | None:
     return None if spec is None else QuantMeasure(spec, channels)
 
 
@@ -30,18 +30,18 @@ class QuantizedLinear(nn.Linear):
     here, e.g. because the caller already quantized it). The bias stays in floating point.
     """
 
-    input_quant: Optional[QuantMeasure]
-    weight_quant: Optional[QuantMeasure]
-    output_quant: Optional[QuantMeasure]
+    input_quant: QuantMeasure | None
+    weight_quant: QuantMeasure | None
+    output_quant: QuantMeasure | None
 
     @classmethod
     def wrap(
         cls,
         linear: nn.Linear,
-        input_spec: Optional[QuantSpec],
-        weight_spec: Optional[QuantSpec],
-        output_spec: Optional[QuantSpec] = None,
-    ) -> "QuantizedLinear":
+        input_spec: QuantSpec | None,
+        weight_spec: QuantSpec | None,
+        output_spec: QuantSpec | None = None,
+    ) -> QuantizedLinear:
         """Turn ``linear`` (in place) into a QuantizedLinear with quantizers for the given specs."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"QuantizedLinear wraps nn.Linear, got {type(linear).__name__}")
@@ -77,21 +77,23 @@ class QuantizedMultiheadAttention(MultiheadAttention):
     own module-by-module path instead (``skip_embed_dim_check``), and the fused path otherwise.
     """
 
-    input_quant: Optional[QuantMeasure]
-    key_input_quant: Optional[QuantMeasure]
-    probs_quant: Optional[QuantMeasure]
+    input_quant: QuantMeasure | None
+    key_input_quant: QuantMeasure | None
+    probs_quant: QuantMeasure | None
 
     @classmethod
     def wrap(
         cls,
         attn: MultiheadAttention,
-        input_spec: Optional[QuantSpec],
-        weight_spec: Optional[QuantSpec],
-        probs_spec: Optional[QuantSpec],
-    ) -> "QuantizedMultiheadAttention":
+        input_spec: QuantSpec | None,
+        weight_spec: QuantSpec | None,
+        probs_spec: QuantSpec | None,
+    ) -> QuantizedMultiheadAttention:
         """Turn fairseq's ``attn`` (in place) into a QuantizedMultiheadAttention."""
         if not isinstance(attn, MultiheadAttention):
-            raise TypeError(f"QuantizedMultiheadAttention wraps fairseq's MultiheadAttention, got {type(attn).__name__}")
+            raise TypeError(
+                f"QuantizedMultiheadAttention wraps fairseq's MultiheadAttention, got {type(attn).__name__}"
+            )
         attn.__class__ = cls
         attn.input_quant = _measure(input_spec)
         attn.key_input_quant = _measure(input_spec) if attn.encoder_decoder_attention else None
@@ -102,7 +104,7 @@ class QuantizedMultiheadAttention(MultiheadAttention):
         attn.dropout_module.register_forward_pre_hook(attn._quantize_probs)
         return attn
 
-    def _quantize_probs(self, module: nn.Module, args: tuple) -> Optional[tuple]:
+    def _quantize_probs(self, module: nn.Module, args: tuple) -> tuple | None:
         if self.probs_quant is None:
             return None
         return (self.probs_quant(args[0]),) + tuple(args[1:])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+
 from fairseq.modules import MultiheadAttention
 from torch import nn
 
@@ -26,7 +27,9 @@ def bits_type(value: str) -> int:
     except (TypeError, ValueError):
         bits = None
     if bits is None or not MIN_BITS <= bits <= MAX_BITS:
-        raise argparse.ArgumentTypeError(f"invalid bit width {value!r}: expected an integer from {MIN_BITS} to {MAX_BITS}")
+        raise argparse.ArgumentTypeError(
+            f"invalid bit width {value!r}: expected an integer from {MIN_BITS} to {MAX_BITS}"
+        )
     return bits
 
 
@@ -128,7 +131,7 @@ class QuantRecipe:
         return self.input.replace(signed=False, symmetric=True)
 
     @classmethod
-    def from_args(cls, args) -> "QuantRecipe":
+    def from_args(cls, args) -> QuantRecipe:
         """The recipe the command-line flags describe (``args``: a namespace or fairseq config)."""
         set_quant_defaults(args)
         check_quant_args(args)

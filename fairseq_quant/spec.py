@@ -37,6 +37,6 @@ class QuantSpec:
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
 
-    def replace(self, **changes) -> "QuantSpec":
+    def replace(self, **changes) -> QuantSpec:
         """A copy with ``changes`` applied (validated again)."""
         return replace(self, **changes)

@@ -170,7 +170,8 @@ def test_inf_and_nan_do_not_poison_ranges():
     x = torch.tensor([-1.0, 0.5, 2.0, math.inf, -math.inf, math.nan])
     y = m(x)
     assert m.running_min.item() == -1.0 and m.running_max.item() == 2.0
-    assert y[3].item() == pytest.approx(2.0, abs=0.02) and y[4].item() == pytest.approx(-2.0, abs=0.02)  # symmetric range: [-2, 2]
+    # symmetric range [-2, 2]: +-inf saturate to its ends
+    assert y[3].item() == pytest.approx(2.0, abs=0.02) and y[4].item() == pytest.approx(-2.0, abs=0.02)
     assert math.isnan(y[5].item())  # NaN is not turned into a number
     assert torch.isfinite(y[:5]).all()
     only_bad = torch.tensor([math.nan, math.inf])
