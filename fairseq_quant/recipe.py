@@ -44,6 +44,25 @@ def momentum_type(value: str) -> float:
     return m
 
 
+class _StoreTrueUnless(argparse.Action):
+    """``store_true`` that refuses to be combined with its partner flag (checked whichever comes second)."""
+
+    def __init__(self, option_strings, dest, partner: str, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+        self.partner = partner
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, self.partner, False) is True:
+            parser.error(_conflict_message(self.dest, self.partner))
+        setattr(namespace, self.dest, True)
+
+
+def _conflict_message(a: str, b: str) -> str:
+    q, m = sorted((a, b), key=lambda k: k.startswith("measure"))
+    return (f"--{q} and --{m} cannot be combined: --{m} records ranges without quantizing, --{q} quantizes "
+            f"(and records ranges itself); choose one")
+
+
 # Every quantization option with its default; architectures fill these in (fairseq's convention), so
 # checkpoints trained without the plugin (e.g. the published roberta.base) build with quantization off.
 QUANT_DEFAULTS = {
@@ -62,30 +81,32 @@ QUANT_DEFAULTS = {
 }
 
 
-def add_quant_args(parser: argparse.ArgumentParser, defaults: bool = True) -> None:
+def add_quant_args(parser: argparse.ArgumentParser, defaults: bool = True, training: bool = True) -> None:
     """Add the quantization flags to ``parser`` (a model's ``add_args``, or evaluate.py's parser).
 
-    With ``defaults=False`` no defaults are set, so a caller sees only the flags given on its command line.
+    With ``defaults=False`` no defaults are set, so a caller sees only the flags given on its command line;
+    ``training=False`` leaves out the flags that only mean something in training (``--freeze``).
     """
     d = QUANT_DEFAULTS if defaults else {k: argparse.SUPPRESS for k in QUANT_DEFAULTS}
     g = parser.add_argument_group("quantization (fairseq-quant)") if hasattr(parser, "add_argument_group") else parser
-    g.add_argument("--quantw", action="store_true", default=d["quantw"],
+    g.add_argument("--quantw", action=_StoreTrueUnless, partner="measurew", default=d["quantw"],
                    help="fake-quantize the weights of every GEMM (linear layers, attention projections, head)")
-    g.add_argument("--quantin", action="store_true", default=d["quantin"],
+    g.add_argument("--quantin", action=_StoreTrueUnless, partner="measurein", default=d["quantin"],
                    help="fake-quantize every GEMM input: linear-layer inputs and the attention's q, k, "
                         "softmax probabilities and v")
     g.add_argument("--bitsw", type=bits_type, metavar="N", default=d["bitsw"],
                    help=f"weight bit width, an integer from {MIN_BITS} to {MAX_BITS} (default 8)")
     g.add_argument("--bitsin", type=bits_type, metavar="N", default=d["bitsin"],
                    help=f"input bit width, an integer from {MIN_BITS} to {MAX_BITS} (default 8)")
-    g.add_argument("--measurew", action="store_true", default=d["measurew"],
+    g.add_argument("--measurew", action=_StoreTrueUnless, partner="quantw", default=d["measurew"],
                    help="record weight ranges without quantizing (not together with --quantw)")
-    g.add_argument("--measurein", action="store_true", default=d["measurein"],
+    g.add_argument("--measurein", action=_StoreTrueUnless, partner="quantin", default=d["measurein"],
                    help="record input ranges (running average, training mode) without quantizing "
                         "(not together with --quantin)")
-    g.add_argument("--freeze", action="store_true", default=d["freeze"],
-                   help="freeze the pretrained encoder (embeddings and transformer layers); train only the "
-                        "classification head")
+    if training:
+        g.add_argument("--freeze", action="store_true", default=d["freeze"],
+                       help="freeze the pretrained encoder (embeddings and transformer layers); train only the "
+                            "classification head")
     g.add_argument("--quantw-range", choices=["symmetric", "asymmetric"], default=d["quantw_range"],
                    help="weight grid: symmetric around zero, or asymmetric with a zero point (default symmetric)")
     g.add_argument("--quantin-range", choices=["symmetric", "asymmetric"], default=d["quantin_range"],
@@ -109,10 +130,7 @@ def check_quant_args(args) -> None:
     """Reject combinations that make no sense, naming the flags. Raises ``ValueError``."""
     for q, m in (("quantw", "measurew"), ("quantin", "measurein")):
         if getattr(args, q, False) and getattr(args, m, False):
-            raise ValueError(
-                f"--{q} and --{m} cannot be combined: --{m} records ranges without quantizing, --{q} quantizes "
-                f"(and records ranges itself); choose one"
-            )
+            raise ValueError(_conflict_message(q, m))
     for key in ("bitsw", "bitsin"):
         value = getattr(args, key, 8)
         if isinstance(value, bool) or not isinstance(value, int) or not MIN_BITS <= value <= MAX_BITS:

@@ -1,0 +1,278 @@
+"""evaluate.py: a sentence-prediction checkpoint + binarized data + split -> the task's metric, as one JSON line.
+
+Post-training quantization uses the training flags (``--quantw --bitsw 4 ...``), which override what the
+checkpoint was trained with; ranges come from the current batch or, with ``--calib-batches N``, from N batches of
+the calibration split. Checkpoints of the plain ``roberta*`` architectures are evaluated as ``quant_roberta``
+(same parameters), so they can be post-training quantized too.
+
+    python scripts/evaluate.py --checkpoint FILE --data DATA_BIN --split valid [quantization flags]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+
+import torch
+from fairseq import checkpoint_utils, tasks
+from omegaconf import open_dict
+
+from .layers import quantizers
+from .metrics import classification_metrics, regression_metrics
+from .recipe import QUANT_DEFAULTS, QuantRecipe, add_quant_args, check_quant_args
+
+logger = logging.getLogger("fairseq_quant.evaluate")
+
+__all__ = ["build_parser", "evaluate", "cli_main", "EvaluateError"]
+
+
+class EvaluateError(ValueError):
+    """Bad input to evaluate.py; the message names the flag or file and what was expected."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evaluate.py",
+        description="Evaluate a fairseq (quant_)roberta sentence-prediction checkpoint, optionally with "
+        "post-training quantization. Prints one JSON line.",
+    )
+    parser.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint (.pt) written by fairseq-train")
+    parser.add_argument("--data", required=True, metavar="DATA_BIN", help="binarized data (input0/, label/)")
+    parser.add_argument("--split", default="valid", help="split to evaluate (default valid)")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="sentences per batch (default 32)")
+    parser.add_argument("--calib-batches", type=int, default=0, metavar="N",
+                        help="estimate input ranges on N batches of --calib-split before evaluating (default 0: "
+                             "use the checkpoint's recorded ranges, or the current batch's where none are recorded)")
+    parser.add_argument("--calib-split", default="train", help="split used for calibration (default train)")
+    parser.add_argument("--csv", metavar="FILE", help="append a row with the results to this CSV file")
+    parser.add_argument("--tag", default="", help="a label for this run, written to the JSON line and CSV row")
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    parser.add_argument("--seed", type=int, default=1, help="seed for batching (default 1)")
+    add_quant_args(parser, defaults=False, training=False)
+    return parser
+
+
+def _check_inputs(opts: argparse.Namespace) -> None:
+    if not os.path.isfile(opts.checkpoint):
+        raise EvaluateError(f"--checkpoint: no such file: {opts.checkpoint}")
+    for sub in ("input0",):
+        if not os.path.isfile(os.path.join(opts.data, sub, "dict.txt")):
+            raise EvaluateError(f"--data: {opts.data} is not binarized sentence-prediction data "
+                                f"(expected {os.path.join(opts.data, sub, 'dict.txt')})")
+    for split in [opts.split] + ([opts.calib_split] if opts.calib_batches > 0 else []):
+        if not os.path.isfile(os.path.join(opts.data, "input0", f"{split}.idx")):
+            raise EvaluateError(f"--split/--calib-split: {opts.data} has no split {split!r} "
+                                f"(expected {os.path.join(opts.data, 'input0', split + '.idx')})")
+    if opts.batch_size < 1 or opts.calib_batches < 0:
+        raise EvaluateError("--batch-size must be >= 1 and --calib-batches >= 0")
+
+
+def _quant_overrides(opts: argparse.Namespace) -> dict:
+    """The quantization flags given on the command line; quantizing a point overrides measuring it."""
+    given = {k: getattr(opts, k) for k in QUANT_DEFAULTS if hasattr(opts, k)}
+    for q, m in (("quantw", "measurew"), ("quantin", "measurein")):
+        if given.get(q):
+            given.setdefault(m, False)
+    return given
+
+
+def load_model_and_task(opts: argparse.Namespace):
+    """Load the checkpoint as a quant_roberta model with the command line's quantization flags applied."""
+    state = checkpoint_utils.load_checkpoint_to_cpu(opts.checkpoint)
+    cfg = state.get("cfg")
+    if cfg is None or cfg.get("model") is None:
+        raise EvaluateError(
+            f"--checkpoint {opts.checkpoint}: no model configuration inside; is it a fairseq checkpoint?"
+        )
+    arch = getattr(cfg.model, "_name", None) or getattr(cfg.model, "arch", None)
+    if not arch or not (arch.startswith("roberta") or arch.startswith("quant_roberta")):
+        raise EvaluateError(f"--checkpoint {opts.checkpoint}: architecture {arch!r} is not a RoBERTa "
+                            f"(expected roberta* or quant_roberta*)")
+    if cfg.task.get("_name") != "sentence_prediction":
+        raise EvaluateError(f"--checkpoint {opts.checkpoint}: task {cfg.task.get('_name')!r}; evaluate.py "
+                            f"evaluates sentence_prediction checkpoints")
+    quant_arch = arch if arch.startswith("quant_") else "quant_" + arch
+    from fairseq.models import ARCH_MODEL_REGISTRY
+
+    if quant_arch not in ARCH_MODEL_REGISTRY:
+        quant_arch = "quant_roberta"
+    overrides = _quant_overrides(opts)
+    with open_dict(cfg):
+        cfg.model._name = quant_arch
+        cfg.model.arch = quant_arch
+        for key, value in overrides.items():
+            setattr(cfg.model, key, value)
+        cfg.task.data = opts.data
+        for key, value in QUANT_DEFAULTS.items():
+            if getattr(cfg.model, key, None) is None:
+                setattr(cfg.model, key, value)
+    try:
+        check_quant_args(cfg.model)
+    except ValueError as e:
+        raise EvaluateError(str(e)) from None
+    task = tasks.setup_task(cfg.task)
+    _check_data_matches(opts, cfg, task, state["model"])
+    model = task.build_model(cfg.model)
+    model.load_state_dict(state["model"], strict=True, model_cfg=cfg.model)
+    return model, task, cfg
+
+
+def _check_data_matches(opts, cfg, task, model_state) -> None:
+    emb = model_state.get("encoder.sentence_encoder.embed_tokens.weight")
+    if emb is not None and emb.shape[0] != len(task.source_dictionary):
+        raise EvaluateError(
+            f"--data {opts.data}: its dictionary has {len(task.source_dictionary)} symbols but the checkpoint's "
+            f"embeddings have {emb.shape[0]}: the data belongs to another task or vocabulary"
+        )
+    head = cfg.task.get("classification_head_name", "sentence_classification_head")
+    out = model_state.get(f"classification_heads.{head}.out_proj.weight")
+    if out is None:
+        raise EvaluateError(f"--checkpoint {opts.checkpoint}: no classification head {head!r}; "
+                            f"was it fine-tuned for sentence prediction?")
+    if not cfg.task.regression_target:
+        labels = task.label_dictionary
+        # fairseq-preprocess pads dictionaries with "madeupword" entries; the task adds "<mask>"
+        n_labels = sum(1 for s in labels.symbols[labels.nspecial:] if not s.startswith("madeupword") and s != "<mask>")
+        if n_labels != out.shape[0]:
+            raise EvaluateError(
+                f"--data {opts.data}: {n_labels} labels in label/dict.txt, but the checkpoint's head predicts "
+                f"{out.shape[0]} classes: the data belongs to another task"
+            )
+
+
+def _batches(task, split: str, batch_size: int, seed: int, model):
+    dataset = task.dataset(split)
+    itr = task.get_batch_iterator(
+        dataset=dataset,
+        max_sentences=batch_size,
+        max_positions=model.max_positions(),
+        ignore_invalid_inputs=False,
+        seed=seed,
+    ).next_epoch_itr(shuffle=False)
+    return itr
+
+
+@torch.no_grad()
+def calibrate(model, task, split: str, n_batches: int, batch_size: int, seed: int, device) -> int:
+    """Record input ranges on ``n_batches`` of ``split``: active non-dynamic quantizers are reset, measure
+    (in training mode, the rest of the model in eval mode) on floating-point activations, then quantize again.
+    Returns the number of batches used."""
+    qs = [q for q in quantizers(model) if q.active and not q.spec.dynamic]
+    if not qs:
+        return 0
+    task.load_dataset(split)
+    saved = {q: q.spec for q in qs}
+    for q in qs:
+        q.reset_ranges()
+        q.set_spec(q.spec.replace(mode="measure"))
+        q.train()
+    used = 0
+    head = task.cfg.classification_head_name
+    for sample in _batches(task, split, batch_size, seed, model):
+        if used >= n_batches:
+            break
+        sample = _to(sample, device)
+        model(**sample["net_input"], features_only=True, classification_head_name=head)
+        used += 1
+    for q in qs:
+        q.set_spec(saved[q])
+        q.eval()
+    return used
+
+
+def _to(sample, device):
+    from fairseq import utils
+
+    return utils.move_to_cuda(sample, device) if device.type == "cuda" else sample
+
+
+@torch.no_grad()
+def predict(model, task, split: str, batch_size: int, seed: int, device):
+    """Predictions and targets over ``split``: ``(preds, targets)`` numpy arrays (class ids, or values)."""
+    task.load_dataset(split)
+    head = task.cfg.classification_head_name
+    preds, targets = [], []
+    for sample in _batches(task, split, batch_size, seed, model):
+        sample = _to(sample, device)
+        logits = model(**sample["net_input"], features_only=True, classification_head_name=head)[0].float()
+        target = model.get_targets(sample, [logits]).view(-1)
+        if task.cfg.regression_target:
+            preds.append(logits.view(-1).cpu())
+            targets.append(target.float().cpu())
+        else:
+            preds.append(logits.argmax(dim=-1).cpu())
+            targets.append(target.cpu())
+    return torch.cat(preds).numpy(), torch.cat(targets).numpy()
+
+
+def evaluate(opts: argparse.Namespace) -> dict:
+    """Run an evaluation described by ``opts`` (from ``build_parser``); returns the result dictionary."""
+    _check_inputs(opts)
+    device = torch.device("cuda" if torch.cuda.is_available() and not opts.cpu else "cpu")
+    model, task, cfg = load_model_and_task(opts)
+    model.to(device).eval()
+    used = calibrate(model, task, opts.calib_split, opts.calib_batches, opts.batch_size, opts.seed, device) \
+        if opts.calib_batches > 0 else 0
+    preds, targets = predict(model, task, opts.split, opts.batch_size, opts.seed, device)
+    if task.cfg.regression_target:
+        result = regression_metrics(preds, targets)
+    else:
+        # label ids -> label strings' order does not matter for these metrics
+        result = classification_metrics(preds, targets)
+    recipe = QuantRecipe.from_args(cfg.model)
+    result.update(
+        split=opts.split,
+        n=int(len(targets)),
+        quant=describe(recipe),
+        calib_batches=used,
+        checkpoint=opts.checkpoint,
+    )
+    result["tag"] = opts.tag
+    return result
+
+
+def describe(recipe: QuantRecipe) -> str:
+    """Short name of a recipe: ``W8A8``, ``W4A32``, ``FP32``..."""
+    w = recipe.weight.bits if recipe.weight.mode == "quantize" else 32
+    a = recipe.input.bits if recipe.input.mode == "quantize" else 32
+    return "FP32" if w == a == 32 else f"W{w}A{a}"
+
+
+def append_csv(path: str, row: dict) -> None:
+    """Append ``row`` to the CSV file ``path``; the header is written when the file is new. Columns must match."""
+    new = not os.path.exists(path) or os.path.getsize(path) == 0
+    if not new:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != list(row):
+            raise EvaluateError(f"--csv {path}: its columns {header} differ from this run's {list(row)}; "
+                                f"use another file")
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def cli_main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING,
+                        stream=sys.stderr)
+    parser = build_parser()
+    opts = parser.parse_args(argv)
+    try:
+        result = evaluate(opts)
+        if opts.csv:
+            append_csv(opts.csv, {k: v for k, v in result.items()})
+    except EvaluateError as e:
+        parser.error(str(e))
+    print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items()}), flush=True)
+
+
+if __name__ == "__main__":
+    cli_main()
+
+
+
