@@ -88,7 +88,8 @@ def add_quant_args(parser: argparse.ArgumentParser, defaults: bool = True, train
     ``training=False`` leaves out the flags that only mean something in training (``--freeze``).
     """
     d = QUANT_DEFAULTS if defaults else {k: argparse.SUPPRESS for k in QUANT_DEFAULTS}
-    g = parser.add_argument_group("quantization (fairseq-quant)") if hasattr(parser, "add_argument_group") else parser
+    is_parser = isinstance(parser, argparse.ArgumentParser)  # fairseq hands models an argument group
+    g = parser.add_argument_group("quantization (fairseq-quant)") if is_parser else parser
     g.add_argument("--quantw", action=_StoreTrueUnless, partner="measurew", default=d["quantw"],
                    help="fake-quantize the weights of every GEMM (linear layers, attention projections, head)")
     g.add_argument("--quantin", action=_StoreTrueUnless, partner="measurein", default=d["quantin"],

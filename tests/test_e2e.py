@@ -4,10 +4,13 @@ import csv
 import json
 import re
 
+import pytest
 import torch
-from conftest import binarize, fairseq_train, rule_rows, run_evaluate
+from conftest import TINY_TRAIN, binarize, fairseq_train, run_evaluate
+from fairseq import options
 
 from fairseq_quant.checkpoint import load_checkpoint
+from fairseq_quant.evaluate import cli_main
 
 
 def result(proc) -> dict:
@@ -44,49 +47,60 @@ def test_evaluate_reads_back_with_trained_ranges_and_with_ptq(qat_run, tiny_data
     assert [r["quant"] for r in rows] == ["W8A8", "W4A8"]
 
 
-def test_fp32_plain_roberta_checkpoint_is_post_training_quantized(tiny_data, tmp_path):
+def evaluate_in_process(capsys, *argv: str) -> tuple[int, str, str]:
+    """evaluate.py's ``cli_main`` in this process (same code path, no interpreter start-up): (exit code, out, err)."""
+    try:
+        cli_main(list(argv))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_fp32_plain_roberta_checkpoint_is_post_training_quantized(tiny_data, tmp_path, capsys):
     save = tmp_path / "fp32"
     fairseq_train(tiny_data, save, "--max-update", "4", "--arch", "roberta", "--encoder-layers", "1",
                   "--encoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2")
-    ckpt = str(save / "checkpoint_last.pt")
-    fp32 = result(run_evaluate("--checkpoint", ckpt, "--data", str(tiny_data)))
-    w8a8 = result(run_evaluate("--checkpoint", ckpt, "--data", str(tiny_data), "--quantw", "--quantin"))
-    w2a2 = result(run_evaluate("--checkpoint", ckpt, "--data", str(tiny_data), "--quantw", "--quantin",
-                               "--bitsw", "2", "--bitsin", "2", "--dynamic-qparams"))
-    assert (fp32["quant"], w8a8["quant"], w2a2["quant"]) == ("FP32", "W8A8", "W2A2")
-    assert abs(fp32["accuracy"] - w8a8["accuracy"]) <= 2 / 64  # 8 bits: at most a couple of flipped predictions
+    common = ("--checkpoint", str(save / "checkpoint_last.pt"), "--data", str(tiny_data))
+    runs = {}
+    for name, flags in (("fp32", ()), ("w8a8", ("--quantw", "--quantin")),
+                        ("w2a2", ("--quantw", "--quantin", "--bitsw", "2", "--bitsin", "2", "--dynamic-qparams"))):
+        code, out, err = evaluate_in_process(capsys, *common, *flags)
+        assert code == 0, err
+        runs[name] = json.loads(out.strip().splitlines()[-1])
+    assert [runs[k]["quant"] for k in ("fp32", "w8a8", "w2a2")] == ["FP32", "W8A8", "W2A2"]
+    assert abs(runs["fp32"]["accuracy"] - runs["w8a8"]["accuracy"]) <= 2 / 64  # at most two flipped predictions
 
 
-def test_evaluate_bad_input_names_the_flag(qat_run, tiny_data, tmp_path):
+def test_evaluate_bad_input_names_the_flag(qat_run, tiny_data, tmp_path, capsys):
     ckpt = str(qat_run / "checkpoint_last.pt")
-    missing = run_evaluate("--checkpoint", str(tmp_path / "nope.pt"), "--data", str(tiny_data), check=False)
-    assert missing.returncode == 2 and "--checkpoint: no such file" in missing.stderr
-    bits = run_evaluate("--checkpoint", ckpt, "--data", str(tiny_data), "--bitsw", "17", check=False)
-    assert bits.returncode == 2 and "--bitsw" in bits.stderr and "from 2 to 16" in bits.stderr
-    frac = run_evaluate("--checkpoint", ckpt, "--data", str(tiny_data), "--bitsin", "4.5", check=False)
-    assert frac.returncode == 2 and "--bitsin" in frac.stderr
-    both = run_evaluate("--checkpoint", ckpt, "--data", str(tiny_data), "--quantw", "--measurew", check=False)
-    assert both.returncode == 2 and "cannot be combined" in both.stderr
-    split = run_evaluate("--checkpoint", ckpt, "--data", str(tiny_data), "--split", "test", check=False)
-    assert split.returncode == 2 and "no split 'test'" in split.stderr
+    data = str(tiny_data)
     other_vocab = binarize(tmp_path / "other", {"train": [(f"x{i} y{i} z{i}", str(i % 3)) for i in range(60)]})
-    wrong = run_evaluate("--checkpoint", ckpt, "--data", str(other_vocab), "--split", "train", check=False)
-    assert wrong.returncode == 2 and "another task" in wrong.stderr
-    assert "Traceback" not in wrong.stderr + both.stderr + missing.stderr
+    cases = [
+        (("--checkpoint", str(tmp_path / "nope.pt"), "--data", data), "--checkpoint: no such file"),
+        (("--checkpoint", ckpt, "--data", data, "--bitsw", "17"), "from 2 to 16"),
+        (("--checkpoint", ckpt, "--data", data, "--bitsin", "4.5"), "argument --bitsin: invalid bit width '4.5'"),
+        (("--checkpoint", ckpt, "--data", data, "--quantw", "--measurew"), "cannot be combined"),
+        (("--checkpoint", ckpt, "--data", data, "--split", "test"), "no split 'test'"),
+        (("--checkpoint", ckpt, "--data", str(other_vocab), "--split", "train"), "another task"),
+        (("--checkpoint", ckpt, "--data", str(tmp_path)), "is not binarized sentence-prediction data"),
+    ]
+    for argv, needle in cases:
+        code, out, err = evaluate_in_process(capsys, *argv)
+        assert code == 2 and needle in err, (argv, err)
+        assert "Traceback" not in err and out == ""
 
 
-def test_fairseq_train_rejects_bad_flags_at_parse_time(tiny_data, tmp_path):
-    for flags, needle in ((["--bitsw", "1"], "--bitsw"), (["--bitsin", "eight"], "--bitsin"),
-                          (["--quantin", "--measurein"], "cannot be combined"),
-                          (["--quantw-granularity", "row"], "--quantw-granularity")):
-        try:
-            fairseq_train(tiny_data, tmp_path / "bad", "--max-update", "1", *flags, timeout=120)
-        except AssertionError as e:
-            text = str(e)
-            assert "error:" in text and needle in text, text
-            assert "Traceback" not in text, text
-        else:
-            raise AssertionError(f"{flags} was accepted")
+def test_fairseq_train_rejects_bad_flags_at_parse_time(tiny_data, tmp_path, capsys):
+    with pytest.raises(AssertionError, match=r"argument --bitsw: invalid bit width '1': expected an integer from 2"):
+        fairseq_train(tiny_data, tmp_path / "bad", "--max-update", "1", "--bitsw", "1", timeout=120)
+    for flags, needle in ((["--bitsin", "eight"], "argument --bitsin: invalid bit width 'eight'"),
+                          (["--quantin", "--measurein"], "--quantin and --measurein cannot be combined"),
+                          (["--quantw-granularity", "row"], "argument --quantw-granularity: invalid choice")):
+        with pytest.raises(SystemExit):
+            options.parse_args_and_arch(options.get_training_parser(), [str(tiny_data), *TINY_TRAIN, *flags])
+        assert needle in capsys.readouterr().err
 
 
 def test_freeze_trains_only_the_head(tiny_data, tmp_path):
