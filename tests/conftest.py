@@ -89,3 +89,15 @@ def qat_run(tiny_data, tmp_path_factory) -> Path:
                          "--bitsin", "8")
     (save / "train.log").write_text(proc.stdout + proc.stderr)
     return save
+
+
+PLAIN_ROBERTA = ["--arch", "roberta", "--encoder-layers", "1", "--encoder-embed-dim", "32",
+                 "--encoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2"]
+
+
+@pytest.fixture(scope="session")
+def plain_roberta_run(tiny_data, tmp_path_factory) -> Path:
+    """fairseq's own ``roberta`` architecture (no quantization), fine-tuned 4 updates; returns its save dir."""
+    save = tmp_path_factory.mktemp("plain_roberta")
+    fairseq_train(tiny_data, save, "--max-update", "4", *PLAIN_ROBERTA)
+    return save

@@ -58,11 +58,8 @@ def evaluate_in_process(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_fp32_plain_roberta_checkpoint_is_post_training_quantized(tiny_data, tmp_path, capsys):
-    save = tmp_path / "fp32"
-    fairseq_train(tiny_data, save, "--max-update", "4", "--arch", "roberta", "--encoder-layers", "1",
-                  "--encoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2")
-    common = ("--checkpoint", str(save / "checkpoint_last.pt"), "--data", str(tiny_data))
+def test_fp32_plain_roberta_checkpoint_is_post_training_quantized(plain_roberta_run, tiny_data, capsys):
+    common = ("--checkpoint", str(plain_roberta_run / "checkpoint_last.pt"), "--data", str(tiny_data))
     runs = {}
     for name, flags in (("fp32", ()), ("w8a8", ("--quantw", "--quantin")),
                         ("w2a2", ("--quantw", "--quantin", "--bitsw", "2", "--bitsin", "2", "--dynamic-qparams"))):

@@ -18,6 +18,7 @@ from fairseq.models.roberta.model import (
     roberta_large_architecture,
 )
 from fairseq.utils import safe_getattr
+from omegaconf import open_dict
 
 from ..quant_measure import QuantMeasure
 from ..recipe import QuantRecipe, add_quant_args, apply_recipe, quantize_model, set_quant_defaults
@@ -106,11 +107,20 @@ class QuantRobertaModel(RobertaModel):
             archive_map=cls.hub_models(),
             bpe=bpe,
             load_checkpoint_heads=True,
-            arch=arch,
-            _name=arch,
+            arch=arch,  # old checkpoints (args Namespace, like roberta.base) build the model from args.arch
             **kwargs,
         )
-        return RobertaHubInterface(x["args"], x["task"], x["models"][0])
+        model = x["models"][0]
+        if not isinstance(model, cls):
+            # newer checkpoints name their model in cfg.model._name, which an override cannot reach without
+            # renaming the task too: rebuild as ``arch`` from the loaded configuration and weights
+            cfg = x["args"]
+            with open_dict(cfg):
+                cfg.model._name = arch
+            plain = model
+            model = x["task"].build_model(cfg.model)
+            model.load_state_dict(plain.state_dict(), strict=True, model_cfg=cfg.model)
+        return RobertaHubInterface(x["args"], x["task"], model)
 
 
 @register_model_architecture("quant_roberta", "quant_roberta")
