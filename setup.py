@@ -9,7 +9,7 @@ setup(
     packages=find_packages(include=["fairseq_quant", "fairseq_quant.*"]) + ["fairseq_quant_patches"],
     package_dir={"fairseq_quant_patches": "patches"},
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.6",  # safe checkpoint loading needs torch.serialization.add_safe_globals with (obj, name)
         # fairseq 0.12.2 does not import on Python >= 3.11; ve-fairseq is a wheel of fairseq's main branch.
         "fairseq==0.12.2; python_version < '3.11'",
         "ve-fairseq==0.12.3; python_version >= '3.11'",
