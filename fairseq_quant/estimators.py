@@ -28,7 +28,7 @@ def current_minmax(x: torch.Tensor, axis: int | None = None) -> tuple[torch.Tens
         mn, mx = torch.aminmax(xf)
     else:
         xf = xf.movedim(axis, 0).reshape(x.shape[axis], -1)
-        mn, mx = torch.aminmax(xf, dim=1)
+        mn, mx = xf.amin(dim=1), xf.amax(dim=1)  # faster than aminmax(dim=1) on CPU
     mn, mx = mn.float(), mx.float()
     if not bool(torch.isfinite(mn).all() & torch.isfinite(mx).all()):
         finite = torch.isfinite(xf)
@@ -65,7 +65,8 @@ def int_qparams(
     ``scale = max(|lo|, |hi|) / qmax`` and zero point 0 (unsigned symmetric: ``hi / qmax``, for non-negative data);
     asymmetric grids use ``scale = (hi - lo) / (qmax - qmin)`` and ``zero_point = qmin - round(lo / scale)``.
     Example: ``lo=-1, hi=3, bits=8``, unsigned asymmetric: ``scale = 4/255``, ``zero_point = 64``.
-    Returns ``(scale float32, zero_point int32, qmin, qmax)``; NaN (unknown) ranges count as 0.
+    Returns ``(scale, zero_point, qmin, qmax)``: float32 tensors, the zero point integer-valued (``None`` for
+    symmetric grids, where it is 0); NaN (unknown) ranges count as 0.
     """
     qmin, qmax = int_grid(bits, signed, symmetric)
     lo = torch.nan_to_num(lo.float(), nan=0.0).clamp(max=0.0)
@@ -73,8 +74,8 @@ def int_qparams(
     if symmetric:
         amax = hi if not signed else torch.maximum(-lo, hi)
         scale = (amax / qmax).clamp(min=MIN_SCALE)
-        zero_point = torch.zeros_like(scale, dtype=torch.int32)
+        zero_point = None
     else:
         scale = ((hi - lo) / (qmax - qmin)).clamp(min=MIN_SCALE)
-        zero_point = (qmin - torch.round(lo / scale)).clamp(qmin, qmax).to(torch.int32)
-    return scale.reshape(-1), zero_point.reshape(-1), qmin, qmax
+        zero_point = (qmin - torch.round(lo / scale)).clamp(qmin, qmax).reshape(-1)
+    return scale.reshape(-1), zero_point, qmin, qmax

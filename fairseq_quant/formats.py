@@ -32,26 +32,51 @@ def int_grid(bits: int, signed: bool, symmetric: bool) -> tuple[int, int]:
     return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
+class _FakeQuantInt(torch.autograd.Function):
+    """Integer fake quantization with a straight-through gradient inside the grid's range (zero outside)."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax):
+        t = x * scale.reciprocal()
+        t.round_()  # half to even
+        if zero_point is not None:
+            t.add_(zero_point)
+        q = t.clamp(qmin, qmax)  # NaN stays NaN; +-inf saturate
+        ctx.save_for_backward(q == t)  # inside the range (1 byte per element)
+        if zero_point is not None:
+            q.sub_(zero_point)
+        return q.mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None, None
+
+
 def fake_quant_int(
     x: torch.Tensor,
     scale: torch.Tensor,
-    zero_point: torch.Tensor,
+    zero_point: torch.Tensor | None,
     qmin: int,
     qmax: int,
     axis: int | None = None,
 ) -> torch.Tensor:
     """Round ``x`` to ``(clamp(round_half_even(x / scale) + zero_point, qmin, qmax) - zero_point) * scale``.
 
-    ``scale`` (float32, > 0) and ``zero_point`` (int32) have one element, or one per slice along ``axis``.
-    The gradient is straight-through inside the grid's range and zero outside it. 16-bit floating inputs are
-    rounded in float32 and returned in their own dtype; NaN stays NaN and +-inf saturates to the range's ends.
+    ``scale`` (float32, > 0) and ``zero_point`` (integer-valued float32, or ``None`` for 0) have one element, or
+    one per slice along ``axis``. The gradient is straight-through inside the grid's range and zero outside it.
+    16-bit floating inputs are rounded in float32 and returned in their own dtype; NaN stays NaN and +-inf
+    saturates to the range's ends. (``x / scale`` is computed as ``x * (1 / scale)``, as torch's
+    ``fake_quantize_per_tensor_affine`` does.)
     """
     out_dtype = x.dtype
     xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    if axis is None:
-        y = torch.fake_quantize_per_tensor_affine(xf, scale, zero_point, qmin, qmax)
+    if axis is not None:
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+        zero_point = None if zero_point is None else zero_point.reshape(shape)
     else:
-        y = torch.fake_quantize_per_channel_affine(xf, scale, zero_point, axis % x.dim(), qmin, qmax)
-    # torch's kernel maps NaN to qmin: keep NaN visible instead of turning it into a number.
-    y = torch.where(torch.isnan(xf), xf, y)
-    return y.to(out_dtype)
+        scale = scale.reshape(())
+        zero_point = None if zero_point is None else zero_point.reshape(())
+    return _FakeQuantInt.apply(xf, scale, zero_point, qmin, qmax).to(out_dtype)

@@ -195,3 +195,24 @@ def test_spec_validation_names_allowed_values():
         QuantSpec(bits=8.5)
     with pytest.raises(ValueError, match="'off', 'measure', 'quantize'"):
         QuantSpec(mode="fast")
+
+
+@pytest.mark.parametrize("bits,signed,symmetric", [(8, True, True), (8, False, False), (4, True, False), (16, True, True)])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_fake_quant_matches_torch_reference_values_and_gradients(bits, signed, symmetric, per_channel):
+    g = torch.Generator().manual_seed(bits)
+    x = (torch.randn(6, 50, generator=g) * torch.linspace(0.1, 5, 6)[:, None] + 0.3).requires_grad_(True)
+    axis = 0 if per_channel else None
+    lo, hi = current_minmax(x, axis)
+    scale, zp, qmin, qmax = int_qparams(lo * 0.8, hi * 0.8, bits, signed, symmetric)  # some values outside
+    y = fake_quant_int(x, scale, zp, qmin, qmax, axis)
+    y.backward(torch.arange(300.0).reshape(6, 50))
+    x_ref = x.detach().clone().requires_grad_(True)
+    zp_ref = torch.zeros_like(scale, dtype=torch.int32) if zp is None else zp.to(torch.int32)
+    if per_channel:
+        ref = torch.fake_quantize_per_channel_affine(x_ref, scale, zp_ref, 0, qmin, qmax)
+    else:
+        ref = torch.fake_quantize_per_tensor_affine(x_ref, scale, zp_ref, qmin, qmax)
+    ref.backward(torch.arange(300.0).reshape(6, 50))
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-6 * float(scale.max()))
+    assert torch.equal(x.grad, x_ref.grad)

@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+"""Render the CSV rows that evaluate.py appends (``--csv``) as a markdown table.
+
+    python scripts/results_table.py results.csv [--metrics accuracy,f1]
+"""
+import argparse
+import csv
+import sys
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("csv", help="CSV written by evaluate.py --csv")
+    p.add_argument("--metrics", default=None, help="comma-separated metric columns (default: those present of "
+                   "accuracy, f1, mcc, pearson, spearman)")
+    opts = p.parse_args()
+    try:
+        rows = list(csv.DictReader(open(opts.csv, newline="")))
+    except FileNotFoundError:
+        sys.exit(f"results_table.py: error: no such file: {opts.csv}")
+    if not rows:
+        sys.exit(f"results_table.py: error: {opts.csv} has no rows")
+    known = ["accuracy", "f1", "mcc", "pearson", "spearman"]
+    metrics = opts.metrics.split(",") if opts.metrics else [m for m in known if m in rows[0]]
+    missing = [m for m in metrics if m not in rows[0]]
+    if missing:
+        sys.exit(f"results_table.py: error: --metrics {','.join(missing)} not in {opts.csv}; "
+                 f"its columns: {', '.join(rows[0])}")
+    print("| run | precision | " + " | ".join(metrics) + " |")
+    print("|---|---|" + "---|" * len(metrics))
+    for r in rows:
+        values = " | ".join(f"{100 * float(r[m]):.1f}" if r[m] != "" else "" for m in metrics)
+        print(f"| {r.get('tag', '')} | {r['quant']} | {values} |")
+
+
+if __name__ == "__main__":
+    main()
