@@ -197,7 +197,8 @@ def test_spec_validation_names_allowed_values():
         QuantSpec(mode="fast")
 
 
-@pytest.mark.parametrize("bits,signed,symmetric", [(8, True, True), (8, False, False), (4, True, False), (16, True, True)])
+@pytest.mark.parametrize("bits,signed,symmetric",
+                         [(8, True, True), (8, False, False), (4, True, False), (16, True, True)])
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_fake_quant_matches_torch_reference_values_and_gradients(bits, signed, symmetric, per_channel):
     g = torch.Generator().manual_seed(bits)
