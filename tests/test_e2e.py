@@ -1,6 +1,7 @@
 """End to end, as a user runs it: real fairseq-train with the plugin and quantization flags, a saved checkpoint,
 evaluate.py reading it back with and without post-training quantization."""
 import csv
+import inspect
 import json
 import re
 
@@ -110,3 +111,31 @@ def test_freeze_trains_only_the_head(tiny_data, tmp_path):
     head = "classification_heads.sentence_classification_head.out_proj.weight"
     assert torch.equal(first[enc], last[enc])
     assert not torch.equal(first[head], last[head])
+
+
+def test_fairseq_train_help_lists_the_quantization_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        options.parse_args_and_arch(options.get_training_parser(), ["data", *TINY_TRAIN, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--quantw", "--quantin", "--bitsw N", "--bitsin N", "--measurew", "--measurein", "--freeze",
+                 "--quantw-range", "--quantin-range", "--quantw-granularity", "--dynamic-qparams",
+                 "--qparams-momentum", "--encoder-layers"):  # ours, and roberta's own
+        assert flag in out, flag
+
+
+def test_help_without_the_patch_lists_no_model_options(capsys):
+    """The fairseq bug the help patch fixes: unpatched, --help exits before model options are added."""
+    original = inspect.unwrap(options.parse_args_and_arch)
+    with pytest.raises(SystemExit):
+        original(options.get_training_parser(), ["data", *TINY_TRAIN, "--help"])
+    out = capsys.readouterr().out
+    assert "--encoder-layers" not in out and "--quantw" not in out
+
+
+def test_help_without_data_directory_still_lists_model_options(capsys):
+    argv = [a for a in TINY_TRAIN] + ["--help"]
+    with pytest.raises(SystemExit) as exit_info:
+        options.parse_args_and_arch(options.get_training_parser(), argv)
+    assert exit_info.value.code == 0
+    assert "--bitsw N" in capsys.readouterr().out
