@@ -10,7 +10,7 @@ fairseq_quant_patches.apply_all()
 from .layers import QuantizedLinear, QuantizedMultiheadAttention, quantizers  # noqa: E402
 from .models import QuantRobertaModel  # noqa: E402  (registers quant_roberta and its architectures)
 from .quant_measure import QuantMeasure  # noqa: E402
-from .recipe import QuantRecipe, apply_recipe, quantize_model  # noqa: E402
+from .recipe import QuantRecipe, add_quant_args, apply_recipe, quantize_model, set_quant_defaults  # noqa: E402
 from .spec import QuantSpec  # noqa: E402
 
 __all__ = [
@@ -20,7 +20,9 @@ __all__ = [
     "QuantSpec",
     "QuantizedLinear",
     "QuantizedMultiheadAttention",
+    "add_quant_args",
     "apply_recipe",
     "quantize_model",
     "quantizers",
+    "set_quant_defaults",
 ]

@@ -107,3 +107,10 @@ def test_quantized_linear_output_quantizer_and_repr():
     assert torch.unique(y).numel() <= 16  # output on a 4-bit grid
     text = repr(q)
     assert "QuantizedLinear" in text and "weight_quant" in text and "per-channel" in text
+
+
+def test_layernorm_eps_flag_reaches_every_layernorm():
+    model = tiny_model(["--layernorm-eps", "1e-12"])
+    norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
+    assert len(norms) >= 5 and all(m.eps == 1e-12 for m in norms)
+    assert all(m.eps == 1e-5 for m in tiny_model([]).modules() if isinstance(m, nn.LayerNorm))

@@ -19,6 +19,7 @@ from fairseq.models.roberta.model import (
 )
 from fairseq.utils import safe_getattr
 from omegaconf import open_dict
+from torch import nn
 
 from ..quant_measure import QuantMeasure
 from ..recipe import QuantRecipe, add_quant_args, apply_recipe, quantize_model, set_quant_defaults
@@ -39,14 +40,22 @@ class QuantRobertaModel(RobertaModel):
     @staticmethod
     def add_args(parser):
         RobertaModel.add_args(parser)
+        parser.add_argument("--layernorm-eps", type=float, metavar="EPS",
+                            help="epsilon of every LayerNorm (default 1e-5, fairseq's; BERT models use 1e-12)")
         add_quant_args(parser)
 
     @classmethod
     def build_model(cls, args, task):
         set_quant_defaults(args)
+        args.layernorm_eps = getattr(args, "layernorm_eps", None) or 1e-5
         QuantRecipe.from_args(args)  # validate the flags before building anything
         model = super().build_model(args, task)
         quantize_model(model, model.quant_recipe)
+        if args.layernorm_eps <= 0:
+            raise ValueError(f"--layernorm-eps must be positive, got {args.layernorm_eps}")
+        for module in model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.eps = args.layernorm_eps
         if args.freeze:
             for p in model.encoder.parameters():
                 p.requires_grad_(False)
