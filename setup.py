@@ -16,6 +16,8 @@ setup(
         "numpy",
         "scipy",
         "scikit-learn",
+        "tokenizers",  # WordPiece for BERT-family vocabularies (GLUE preprocessing)
+        "safetensors",  # Hugging Face weights for the offline converter
     ],
     extras_require={"test": ["pytest>=7", "ruff"]},
     entry_points={
