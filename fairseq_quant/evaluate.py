@@ -20,6 +20,7 @@ import torch
 from fairseq import checkpoint_utils, tasks
 from omegaconf import open_dict
 
+from .glue import STAMP, get_task, task_metric
 from .layers import quantizers
 from .metrics import classification_metrics, regression_metrics
 from .recipe import QUANT_DEFAULTS, QuantRecipe, add_quant_args, check_quant_args
@@ -120,7 +121,23 @@ def load_model_and_task(opts: argparse.Namespace):
     return model, task, cfg
 
 
+def _glue_task(data: str) -> str | None:
+    """The GLUE task named in ``DATA/glue_task.json`` (written by ``fairseq_quant.glue``), if any."""
+    stamp = os.path.join(data, STAMP)
+    if not os.path.isfile(stamp):
+        return None
+    with open(stamp) as f:
+        return json.load(f).get("task")
+
+
 def _check_data_matches(opts, cfg, task, model_state) -> None:
+    glue = _glue_task(opts.data)
+    if glue is not None and get_task(glue).regression != bool(cfg.task.regression_target):
+        kind = "regression" if get_task(glue).regression else "classification"
+        raise EvaluateError(
+            f"--data {opts.data}: {glue} is a {kind} task, but the checkpoint was trained "
+            f"{'with' if cfg.task.regression_target else 'without'} --regression-target: another task's checkpoint"
+        )
     emb = model_state.get("encoder.sentence_encoder.embed_tokens.weight")
     if emb is not None and emb.shape[0] != len(task.source_dictionary):
         raise EvaluateError(
@@ -222,6 +239,9 @@ def evaluate(opts: argparse.Namespace) -> dict:
     else:
         # label ids -> label strings' order does not matter for these metrics
         result = classification_metrics(preds, targets)
+    glue = _glue_task(opts.data)
+    if glue is not None:
+        result = {"task": glue, "metric": task_metric(glue)[0], **result}
     recipe = QuantRecipe.from_args(cfg.model)
     result.update(
         split=opts.split,
