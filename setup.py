@@ -19,10 +19,11 @@ setup(
         "tokenizers",  # WordPiece for BERT-family vocabularies (GLUE preprocessing)
         "safetensors",  # Hugging Face weights for the offline converter
     ],
-    extras_require={"test": ["pytest>=7", "ruff"]},
+    extras_require={"test": ["pytest>=7", "ruff", "transformers"]},
     entry_points={
         "console_scripts": [
             "fairseq-quant-evaluate=fairseq_quant.evaluate:cli_main",
+            "fairseq-quant-convert-hf=fairseq_quant.convert_hf:cli_main",
         ]
     },
 )
