@@ -109,7 +109,8 @@ class QuantizedMultiheadAttention(MultiheadAttention):
             return None
         return (self.probs_quant(args[0]),) + tuple(args[1:])
 
-    def forward(self, query, key, value, *args, **kwargs):
+    def forward(self, query, key, value, key_padding_mask=None, incremental_state=None, need_weights=True,
+                static_kv=False, attn_mask=None, before_softmax=False, need_head_weights=False):
         self.skip_embed_dim_check = any(q.active for q in quantizers(self))
         same_kv = value is key
         if self.input_quant is not None:
@@ -117,11 +118,15 @@ class QuantizedMultiheadAttention(MultiheadAttention):
             query = self.input_quant(query)
             if self_attention:
                 key = query
-        if self.key_input_quant is not None and key is not None and key is not query:
+        # while decoding, encoder-decoder attention reads its keys and values from the cache after the first step
+        cached = static_kv and incremental_state is not None and "prev_key" in (
+            self._get_input_buffer(incremental_state) or {})
+        if self.key_input_quant is not None and key is not None and key is not query and not cached:
             key = self.key_input_quant(key)
         if same_kv:
             value = key
-        return super().forward(query, key, value, *args, **kwargs)
+        return super().forward(query, key, value, key_padding_mask, incremental_state, need_weights, static_kv,
+                               attn_mask, before_softmax, need_head_weights)
 
 
 def quantizers(module: nn.Module) -> Iterator[QuantMeasure]:

@@ -1,6 +1,8 @@
 """QuantMeasure: one quantization point = a spec + a range estimate + saved state + a mode."""
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -9,6 +11,8 @@ from .formats import fake_quant_int
 from .spec import QuantSpec
 
 __all__ = ["QuantMeasure"]
+
+logger = logging.getLogger(__name__)
 
 
 class QuantMeasure(nn.Module):
@@ -77,6 +81,17 @@ class QuantMeasure(nn.Module):
         self._initialized = True
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A checkpoint without quantizer state (e.g. fairseq's own roberta.base) leaves this quantizer
+        # initialised, as does one whose ranges have another shape (per-tensor saved, per-channel asked for).
+        for name, buf in self._buffers.items():
+            key = prefix + name
+            if key not in state_dict:
+                logger.debug(f"{key}: not in the checkpoint, initialised")
+                state_dict[key] = buf
+            elif state_dict[key].shape != buf.shape:
+                logger.warning(f"{key}: shape {tuple(state_dict[key].shape)} in the checkpoint, "
+                               f"{tuple(buf.shape)} here (granularity changed): initialised")
+                state_dict[key] = buf
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._initialized = bool(self.num_batches_tracked > 0)
 

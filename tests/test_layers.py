@@ -114,3 +114,14 @@ def test_layernorm_eps_flag_reaches_every_layernorm():
     norms = [m for m in model.modules() if isinstance(m, nn.LayerNorm)]
     assert len(norms) >= 5 and all(m.eps == 1e-12 for m in norms)
     assert all(m.eps == 1e-5 for m in tiny_model([]).modules() if isinstance(m, nn.LayerNorm))
+
+
+def test_plain_linear_state_loads_into_wrapped_layer_and_keeps_quantizer_initialised():
+    plain = nn.Linear(4, 3)
+    wrapped = QuantizedLinear.wrap(nn.Linear(4, 3), QuantSpec(mode="quantize"), QuantSpec(mode="quantize"))
+    wrapped.load_state_dict(plain.state_dict(), strict=True)  # no quantizer keys: still strict-loadable
+    assert torch.equal(wrapped.weight, plain.weight)
+    assert wrapped.input_quant.num_batches_tracked.item() == 0
+    per_channel = QuantizedLinear.wrap(nn.Linear(4, 3), None, QuantSpec(mode="quantize", per_channel=True))
+    per_channel.load_state_dict(wrapped.state_dict(), strict=False)  # per-tensor ranges saved: reset
+    assert per_channel.weight_quant.running_max.shape == (3,)

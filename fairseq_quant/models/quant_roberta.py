@@ -2,8 +2,8 @@
 
 It extends ``RobertaModel`` the way fairseq's own Linformer does: same options (every ``roberta`` flag keeps
 working), plus the quantization flags; same parameter names, so fairseq RoBERTa checkpoints (e.g. the published
-``roberta.base``) load through ``--restore-file`` or ``QuantRobertaModel.from_pretrained``, with quantizer
-state that the checkpoint lacks initialised.
+``roberta.base``) load through ``--restore-file`` or ``QuantRobertaModel.from_pretrained``; quantizer state that
+the checkpoint lacks stays initialised (``QuantMeasure._load_from_state_dict``).
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from fairseq.utils import safe_getattr
 from omegaconf import open_dict
 from torch import nn
 
-from ..quant_measure import QuantMeasure
 from ..recipe import QuantRecipe, add_quant_args, apply_recipe, quantize_model, set_quant_defaults
 
 logger = logging.getLogger(__name__)
@@ -69,28 +68,6 @@ class QuantRobertaModel(RobertaModel):
         """Use ``recipe`` for every quantizer from now on (e.g. post-training quantization)."""
         self.quant_recipe = recipe
         apply_recipe(self, recipe)
-
-    def upgrade_state_dict_named(self, state_dict, name):
-        super().upgrade_state_dict_named(state_dict, name)
-        prefix = name + "." if name != "" else ""
-        current = self.state_dict()
-        filled, reshaped = 0, 0
-        for mod_name, module in self.named_modules():
-            if not isinstance(module, QuantMeasure):
-                continue
-            for buf in ("running_min", "running_max", "num_batches_tracked"):
-                key = f"{mod_name}.{buf}"
-                if prefix + key not in state_dict:
-                    state_dict[prefix + key] = current[key]
-                    filled += 1
-                elif state_dict[prefix + key].shape != current[key].shape:
-                    # e.g. per-tensor ranges saved, per-channel ranges asked for: start afresh
-                    state_dict[prefix + key] = current[key]
-                    reshaped += 1
-        if filled:
-            logger.info(f"initialised {filled} quantizer buffers missing from the checkpoint")
-        if reshaped:
-            logger.warning(f"reset {reshaped} quantizer buffers whose shape changed (granularity)")
 
     @classmethod
     def from_pretrained(
