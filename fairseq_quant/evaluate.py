@@ -261,8 +261,14 @@ def describe(recipe: QuantRecipe) -> str:
     return "FP32" if w == a == 32 else f"W{w}A{a}"
 
 
-def append_csv(path: str, row: dict) -> None:
-    """Append ``row`` to the CSV file ``path``; the header is written when the file is new. Columns must match."""
+CSV_COLUMNS = ("tag", "task", "metric", "accuracy", "f1", "mcc", "pearson", "spearman", "quant", "calib_batches",
+               "split", "n", "checkpoint")
+
+
+def append_csv(path: str, result: dict) -> None:
+    """Append ``result`` to the CSV file ``path`` in the fixed ``CSV_COLUMNS`` (empty where a metric does not
+    apply), so runs of different tasks share one file; the header is written when the file is new."""
+    row = {k: result.get(k, "") for k in CSV_COLUMNS}
     new = not os.path.exists(path) or os.path.getsize(path) == 0
     if not new:
         with open(path, newline="") as f:
@@ -285,7 +291,7 @@ def cli_main(argv: list[str] | None = None) -> None:
     try:
         result = evaluate(opts)
         if opts.csv:
-            append_csv(opts.csv, {k: v for k, v in result.items()})
+            append_csv(opts.csv, result)
     except EvaluateError as e:
         parser.error(str(e))
     print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items()}), flush=True)

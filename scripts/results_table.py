@@ -26,11 +26,18 @@ def main() -> None:
     if missing:
         sys.exit(f"results_table.py: error: --metrics {','.join(missing)} not in {opts.csv}; "
                  f"its columns: {', '.join(rows[0])}")
-    print("| run | precision | " + " | ".join(metrics) + " |")
-    print("|---|---|" + "---|" * len(metrics))
+    metrics = [m for m in metrics if any(r[m] != "" for r in rows)]
+    tasks = any(r.get("task") for r in rows)
+    head = ["run", "precision"] + (["task", "official metric"] if tasks else []) + metrics
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
     for r in rows:
-        values = " | ".join(f"{100 * float(r[m]):.1f}" if r[m] != "" else "" for m in metrics)
-        print(f"| {r.get('tag', '')} | {r['quant']} | {values} |")
+        cells = [r.get("tag", ""), r["quant"]]
+        if tasks:
+            official = r.get("metric", "")
+            cells += [r.get("task", ""), f"{official} {100 * float(r[official]):.1f}" if official else ""]
+        cells += [f"{100 * float(r[m]):.1f}" if r[m] != "" else "" for m in metrics]
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
