@@ -29,15 +29,7 @@ RAW=$OUT/raw
 TOK=$OUT/tok
 BIN=$OUT/bin
 
-# up_to_date TARGET SOURCE...: TARGET exists and is newer than every SOURCE.
-up_to_date() {
-  local target=$1 source
-  shift
-  [[ -e $target ]] || return 1
-  for source in "$@"; do
-    [[ $target -nt $source ]] || return 1
-  done
-}
+. "$ROOT/scripts/lib.sh"  # up_to_date
 
 # 1. Generate. Run as a file, not `-m fairseq_quant.default_task`: importing the package imports fairseq
 #    (about 6 s), which the pure-Python generator does not need.

@@ -55,15 +55,7 @@ mkdir -p "$OUT"
 mkdir "$RUN"  # fails rather than reuse a folder (a run started in the same second)
 SECONDS=0
 
-# up_to_date TARGET SOURCE...: TARGET exists and is newer than every SOURCE.
-up_to_date() {
-  local target=$1 source
-  shift
-  [[ -e $target ]] || return 1
-  for source in "$@"; do
-    [[ $target -nt $source ]] || return 1
-  done
-}
+. "$ROOT/scripts/lib.sh"  # up_to_date
 
 # wait_all PID...: wait for every job; fail (after all have ended) if any failed.
 wait_all() {
