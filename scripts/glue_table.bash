@@ -70,8 +70,8 @@ for task in "${TASK_LIST[@]}"; do
       "${ARCH_FLAGS[@]}" --restore-file "$CONVERTED/model.pt" --reset-optimizer --reset-dataloader --reset-meters \
       --reset-lr-scheduler --init-token 0 --separator-token 2 --criterion sentence_prediction --optimizer adam \
       --adam-betas '(0.9, 0.98)' --lr "$LR" --lr-scheduler polynomial_decay --warmup-updates $((MAX_UPDATE / 10)) \
-      --total-num-update "$MAX_UPDATE" --max-update "$MAX_UPDATE" --batch-size 32 --max-positions 128 \
-      --truncate-sequence --weight-decay 0.1 --cpu --seed 1 --num-workers 0 --no-epoch-checkpoints \
+      --total-num-update "$MAX_UPDATE" --max-update "$MAX_UPDATE" --batch-size 32 \
+      --shorten-method truncate --weight-decay 0.1 --cpu --seed 1 --num-workers 0 --no-epoch-checkpoints \
       --no-last-checkpoints --validate-interval-updates $((MAX_UPDATE / 2)) --log-format simple \
       --log-interval 50 --save-dir "$RUN/$task-$variant" "${quant[@]}" >"$RUN/$task-$variant.log" 2>&1
   done
