@@ -107,6 +107,10 @@ def load_model_and_task(opts: argparse.Namespace):
         for key, value in overrides.items():
             setattr(cfg.model, key, value)
         cfg.task.data = opts.data
+        # a cyclic-precision checkpoint was saved with its evaluation precision in bitsw/bitsin: evaluate it as
+        # a static model at that precision (or at the bits given here), without the schedule
+        cfg.model.cpt_config = None
+        cfg.model.cpt_schedule = None
         for key, value in QUANT_DEFAULTS.items():
             if getattr(cfg.model, key, None) is None:
                 setattr(cfg.model, key, value)

@@ -31,9 +31,12 @@ def tiny_args(flags: list[str] = ()) -> argparse.Namespace:
     return args
 
 
-def tiny_model(flags: list[str] = (), num_classes: int = 2, seed: int = 0) -> QuantRobertaModel:
+def tiny_model(flags: list[str] = (), num_classes: int = 2, seed: int = 0, **training_args) -> QuantRobertaModel:
+    """A tiny quant_roberta with a 2-class head; ``training_args`` (e.g. ``max_update=30``) are set on its args."""
     torch.manual_seed(seed)
     args = tiny_args(flags)
+    for key, value in training_args.items():
+        setattr(args, key, value)
     task = SimpleNamespace(source_dictionary=tiny_dictionary(), max_positions=lambda: 64)
     model = QuantRobertaModel.build_model(args, task)
     model.register_classification_head("sentence_classification_head", num_classes=num_classes)

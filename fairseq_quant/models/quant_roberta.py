@@ -21,7 +21,10 @@ from fairseq.utils import safe_getattr
 from omegaconf import open_dict
 from torch import nn
 
-from ..recipe import QuantRecipe, add_quant_args, apply_recipe, quantize_model, set_quant_defaults
+from ..bitops import BitOpsCounter
+from ..cpt import CyclicPrecision, add_cpt_args, cpt_config_from_args, total_updates
+from ..recipe import QuantRecipe, add_quant_args, apply_recipe, check_quant_args, quantize_model, set_quant_defaults
+from ..schedule import CPTConfigError, parse_eval_bits
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,9 @@ class QuantRobertaModel(RobertaModel):
     def __init__(self, args, encoder):
         super().__init__(args, encoder)
         self.quant_recipe = QuantRecipe.from_args(args)
+        self.cpt: CyclicPrecision | None = None
+        self._num_updates: int | None = None
+        self.bitops_counter = BitOpsCounter()
 
     @staticmethod
     def add_args(parser):
@@ -42,16 +48,48 @@ class QuantRobertaModel(RobertaModel):
         parser.add_argument("--layernorm-eps", type=float, metavar="EPS",
                             help="epsilon of every LayerNorm (default 1e-5, fairseq's; BERT models use 1e-12)")
         add_quant_args(parser)
+        add_cpt_args(parser)
+
+    @classmethod
+    def check_args(cls, args) -> None:
+        """Reject flag combinations, naming the flags (``ValueError``); ``fairseq-train`` reports it as a usage
+        error (``patches/model_checks_args.py``), ``build_model`` raises it."""
+        set_quant_defaults(args)
+        check_quant_args(args)
+        eps = getattr(args, "layernorm_eps", None)
+        if eps is not None and eps <= 0:
+            raise ValueError(f"--layernorm-eps must be positive, got {eps}")
+        config = cpt_config_from_args(args)
+        if config is None:
+            return
+        if not (args.quantw or args.quantin):
+            raise CPTConfigError("--cpt-config cycles the bit widths of quantized weights and inputs: it needs "
+                                 "--quantw and/or --quantin")
+        parse_eval_bits(getattr(args, "cpt_eval_bits", "max"), config)
+        max_update, max_epoch = getattr(args, "max_update", 0) or 0, getattr(args, "max_epoch", 0) or 0
+        if max_update <= 0 and max_epoch <= 0:
+            raise CPTConfigError("--cpt-config needs the length of the run: give --max-update or --max-epoch")
+        if max_epoch <= 0 and max_update < config.num_cyclic_period:
+            raise CPTConfigError(f"num_cyclic_period ({config.num_cyclic_period}) in the --cpt-config file exceeds "
+                                 f"--max-update ({max_update}): each cycle needs at least one update")
 
     @classmethod
     def build_model(cls, args, task):
         set_quant_defaults(args)
         args.layernorm_eps = getattr(args, "layernorm_eps", None) or 1e-5
-        QuantRecipe.from_args(args)  # validate the flags before building anything
+        cls.check_args(args)
+        config = cpt_config_from_args(args)
+        if config is not None:
+            # the saved configuration carries the schedule and the evaluation precision, so a CPT checkpoint
+            # loads (evaluate.py, hub) without its JSON file and evaluates at the fixed precision
+            args.cpt_schedule = config.to_json()
+            args.bitsw, args.bitsin = parse_eval_bits(getattr(args, "cpt_eval_bits", "max"), config)
         model = super().build_model(args, task)
         quantize_model(model, model.quant_recipe)
-        if args.layernorm_eps <= 0:
-            raise ValueError(f"--layernorm-eps must be positive, got {args.layernorm_eps}")
+        model.bitops_counter.attach(model)
+        if config is not None:
+            model.cpt = CyclicPrecision(config, (args.bitsw, args.bitsin),
+                                        total=lambda: total_updates(args, task, model))
         for module in model.modules():
             if isinstance(module, nn.LayerNorm):
                 module.eps = args.layernorm_eps
@@ -63,11 +101,38 @@ class QuantRobertaModel(RobertaModel):
     def register_classification_head(self, name, num_classes=None, inner_dim=None, **kwargs):
         super().register_classification_head(name, num_classes, inner_dim, **kwargs)
         quantize_model(self.classification_heads[name], self.quant_recipe)
+        self.bitops_counter.attach(self.classification_heads[name])
 
     def set_quant_recipe(self, recipe: QuantRecipe) -> None:
         """Use ``recipe`` for every quantizer from now on (e.g. post-training quantization)."""
         self.quant_recipe = recipe
         apply_recipe(self, recipe)
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        if self.training:
+            self.bitops_counter.step(self.quant_recipe.weight, self.quant_recipe.input)
+        return out
+
+    def set_num_updates(self, num_updates):
+        """fairseq's task calls this before every training step with the number of updates done."""
+        super().set_num_updates(num_updates)
+        self._num_updates = num_updates
+        self._apply_cpt_bits()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._apply_cpt_bits()
+        return self
+
+    def _apply_cpt_bits(self) -> None:
+        """With cyclic precision: the schedule's bits in training, the fixed evaluation bits otherwise."""
+        if getattr(self, "cpt", None) is None:
+            return
+        w, i = self.cpt.bits(self.training, self._num_updates)
+        r = self.quant_recipe
+        if (r.weight.bits, r.input.bits) != (w, i):
+            self.set_quant_recipe(QuantRecipe(weight=r.weight.replace(bits=w), input=r.input.replace(bits=i)))
 
     @classmethod
     def from_pretrained(

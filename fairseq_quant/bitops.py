@@ -1,0 +1,116 @@
+"""Bit-operations account of training: GEMM multiply-accumulates (MACs) x operand bit widths, cumulatively.
+
+For every forward pass in training mode, each wrapped GEMM reports its MACs from its tensor shapes (no device
+sync): a ``QuantizedLinear`` ``tokens x in_features x out_features``, a ``QuantizedMultiheadAttention`` its two
+matmuls ``q @ k^T`` and ``probs @ v``, ``2 x batch x target length x source length x embed dim``. They are
+weighted with the bit widths of the recipe in force (a point that is not quantized counts as 32 bits):
+
+    bitops = linear MACs x weight bits x input bits + attention MACs x input bits x input bits
+
+Only forward GEMMs are counted (gradients are not quantized). The cumulative totals are saved with the model
+(buffers ``macs`` and ``bitops``, float64), so a resumed run continues its account, and logged on every update
+as ``macs``, ``bitops``, ``wbits`` and ``inbits`` through fairseq's metrics (``train_inner`` lines, TensorBoard).
+A static 8-bit run has ``bitops == 64 * macs``.
+"""
+from __future__ import annotations
+
+import logging
+import weakref
+
+import torch
+from fairseq.logging import metrics
+from torch import nn
+
+from .layers import QuantizedLinear, QuantizedMultiheadAttention
+from .spec import QuantSpec
+
+__all__ = ["BitOpsCounter", "operand_bits"]
+
+logger = logging.getLogger(__name__)
+
+FULL_PRECISION_BITS = 32
+
+
+def operand_bits(spec: QuantSpec) -> int:
+    """The bit width a GEMM operand has under ``spec``: its bits when quantized, else 32."""
+    return spec.bits if spec.mode == "quantize" else FULL_PRECISION_BITS
+
+
+class BitOpsCounter(nn.Module):
+    """Counts the GEMM MACs and bit operations of a model's training forwards; see the module docstring.
+
+    ``attach(model)`` registers the shape hooks; the model calls ``step(weight_spec, input_spec)`` after each
+    training forward, which adds the pending MACs to the totals at those bit widths and logs them.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("macs", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("bitops", torch.zeros((), dtype=torch.float64))
+        self._macs = 0.0  # the totals as Python floats: counting and logging never wait for a device
+        self._bitops = 0.0
+        self._linear = 0
+        self._attention = 0
+        self._hooked: weakref.WeakSet = weakref.WeakSet()
+
+    def attach(self, model: nn.Module) -> None:
+        """Hook every QuantizedLinear and QuantizedMultiheadAttention of ``model`` not hooked yet (call it again
+        after adding modules, e.g. a classification head)."""
+        for module in model.modules():
+            if module in self._hooked:
+                continue
+            self._hooked.add(module)
+            if isinstance(module, QuantizedLinear):
+                module.register_forward_hook(self._count_linear)
+            elif isinstance(module, QuantizedMultiheadAttention):
+                module.register_forward_hook(self._count_attention, with_kwargs=True)
+
+    def _count_linear(self, module: QuantizedLinear, args: tuple, output: torch.Tensor) -> None:
+        if module.training:
+            self._linear += output.numel() * module.in_features
+
+    def _count_attention(self, module: QuantizedMultiheadAttention, args: tuple, kwargs: dict, output) -> None:
+        if not module.training:
+            return
+        query = kwargs.get("query", args[0] if args else None)
+        key = kwargs.get("key", args[1] if len(args) > 1 else None)
+        key = query if key is None else key
+        tgt_len, bsz, embed_dim = query.shape
+        self._attention += 2 * bsz * tgt_len * key.shape[0] * embed_dim
+
+    def step(self, weight_spec: QuantSpec, input_spec: QuantSpec) -> None:
+        """Add the MACs counted since the last step at these bit widths; log the totals and the bits."""
+        w, i = operand_bits(weight_spec), operand_bits(input_spec)
+        self._macs += self._linear + self._attention
+        self._bitops += self._linear * w * i + self._attention * i * i
+        self._linear = self._attention = 0
+        metrics.log_scalar("wbits", w, weight=0, round=0)
+        metrics.log_scalar("inbits", i, weight=0, round=0)
+        metrics.log_scalar("macs", self._macs, weight=0)
+        metrics.log_scalar("bitops", self._bitops, weight=0)
+
+    def totals(self) -> tuple[float, float]:
+        """(cumulative MACs, cumulative bit operations)."""
+        return self._macs, self._bitops
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        self.macs.fill_(self._macs)
+        self.bitops.fill_(self._bitops)
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name, buf in self._buffers.items():  # checkpoints from before the account start it at zero
+            state_dict.setdefault(prefix + name, torch.zeros_like(buf))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._macs, self._bitops = float(self.macs), float(self.bitops)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for name in ("macs", "bitops"):  # casting the model to fp16 must not round the totals
+            buf = getattr(self, name)
+            if buf.dtype != torch.float64:
+                setattr(self, name, buf.double())
+        return self
+
+    def extra_repr(self) -> str:
+        return f"macs={self._macs:g}, bitops={self._bitops:g}"

@@ -1,0 +1,134 @@
+"""Cyclic precision training in fairseq: the ``--cpt-config`` flags and the run length a schedule spans.
+
+The schedule itself is pure (``schedule.py``); a model applies it with one call from ``set_num_updates``, which
+fairseq's task calls before every training step with the number of updates done (see ``QuantRobertaModel``).
+Outside training (validation, evaluate.py, the hub interface) the model uses the fixed evaluation precision.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+
+from .schedule import CPTConfig, CPTConfigError, CyclicPrecisionScheduler, load_cpt_config, parse_eval_bits
+
+__all__ = ["add_cpt_args", "cpt_config_from_args", "total_updates", "CyclicPrecision"]
+
+logger = logging.getLogger(__name__)
+
+
+def _cpt_config_type(value: str) -> str:
+    """argparse type: the path of a valid cfg_cpt.json (validated here, before anything is built)."""
+    try:
+        load_cpt_config(value)
+    except CPTConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+def _eval_bits_type(value: str) -> str:
+    probe = CPTConfig(2, 16, 2, 16, 1)
+    try:
+        parse_eval_bits(value, probe)
+    except CPTConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
+def add_cpt_args(parser) -> None:
+    """Add ``--cpt-config`` and ``--cpt-eval-bits`` to a model's ``add_args`` parser (group)."""
+    parser.add_argument("--cpt-config", type=_cpt_config_type, metavar="JSON", default=None,
+                        help="cyclic precision training: cycle the weight and input bit widths during training as "
+                             "cfg_cpt.json says (keys wbit_min, wbit_max, inbit_min, inbit_max, num_cyclic_period; "
+                             "see configs/cfg_cpt.json); needs --quantw and/or --quantin, and --max-update or "
+                             "--max-epoch; replaces --bitsw/--bitsin")
+    parser.add_argument("--cpt-eval-bits", type=_eval_bits_type, metavar="max|min|W,I", default="max",
+                        help="with --cpt-config: the fixed precision of validation and of the saved model, 'max' "
+                             "(default: the top of the cycle), 'min', or weight,input bits such as 6,8")
+
+
+def cpt_config_from_args(args) -> CPTConfig | None:
+    """The CPT config of a model's ``args``: the copy saved with a checkpoint (``cpt_schedule``) when there is
+    one, so a trained model loads without its JSON file; otherwise ``--cpt-config`` read now."""
+    saved = getattr(args, "cpt_schedule", None)
+    if saved:
+        import json
+
+        return CPTConfig.from_dict(json.loads(saved), source="the checkpoint's cpt_schedule")
+    path = getattr(args, "cpt_config", None)
+    return load_cpt_config(path) if path else None
+
+
+def total_updates(args, task, model) -> int:
+    """The number of updates the run will make: ``--max-update``, or, when ``--max-epoch`` is given, the updates
+    per epoch (batches of the training set on this data-parallel rank, grouped by ``--update-freq``) summed over
+    the epochs, capped by ``--max-update`` when both are given. Assumes every epoch has as many batches as the
+    first (true of fairseq's fixed-size batching of a single training set)."""
+    max_update = getattr(args, "max_update", 0) or 0
+    max_epoch = getattr(args, "max_epoch", 0) or 0
+    if max_epoch <= 0:
+        if max_update <= 0:
+            raise CPTConfigError("--cpt-config needs the length of the run: give --max-update or --max-epoch")
+        return max_update
+    import torch.distributed as dist
+    from fairseq import utils
+    from fairseq.distributed import utils as distributed_utils
+
+    distributed = dist.is_available() and dist.is_initialized()
+
+    subset = getattr(args, "train_subset", "train")
+    if subset not in task.datasets:
+        task.load_dataset(subset, epoch=1)
+    itr = task.get_batch_iterator(
+        dataset=task.dataset(subset),
+        max_tokens=getattr(args, "max_tokens", None),
+        max_sentences=getattr(args, "batch_size", None),
+        max_positions=utils.resolve_max_positions(task.max_positions(), model.max_positions(),
+                                                  getattr(args, "max_tokens", None)),
+        ignore_invalid_inputs=True,
+        required_batch_size_multiple=getattr(args, "required_batch_size_multiple", 8),
+        seed=getattr(args, "seed", 1),
+        num_shards=distributed_utils.get_data_parallel_world_size() if distributed else 1,
+        shard_id=distributed_utils.get_data_parallel_rank() if distributed else 0,
+        epoch=1,
+        disable_iterator_cache=True,
+    )
+    batches = len(itr)
+    update_freq = list(getattr(args, "update_freq", [1]) or [1])
+    rounding = math.floor if getattr(args, "skip_remainder_batch", False) else math.ceil
+    total = sum(rounding(batches / update_freq[min(e, len(update_freq) - 1)]) for e in range(max_epoch))
+    if max_update > 0:
+        total = min(total, max_update)
+    logger.info(f"cyclic precision: {batches} batches per epoch, update_freq {update_freq}, {max_epoch} epochs "
+                f"-> {total} updates")
+    return total
+
+
+class CyclicPrecision:
+    """Which bits a CPT model uses when: the schedule's in training, fixed ``eval_bits`` otherwise.
+
+    ``total`` is a callable giving the run's length; it is called once, at the first training update (the training
+    set is loaded by then).
+    """
+
+    def __init__(self, config: CPTConfig, eval_bits: tuple[int, int], total):
+        self.config = config
+        self.eval_bits = eval_bits
+        self._total = total
+        self._scheduler: CyclicPrecisionScheduler | None = None
+
+    @property
+    def scheduler(self) -> CyclicPrecisionScheduler:
+        if self._scheduler is None:
+            self._scheduler = CyclicPrecisionScheduler(self.config, self._total())
+            logger.info(f"cyclic precision over {self._scheduler.total_updates} updates: weights "
+                        f"{self.config.wbit_min}-{self.config.wbit_max} bits, inputs {self.config.inbit_min}-"
+                        f"{self.config.inbit_max} bits, {self.config.num_cyclic_period} cycles; evaluation at "
+                        f"W{self.eval_bits[0]}A{self.eval_bits[1]}")
+        return self._scheduler
+
+    def bits(self, training: bool, update: int | None) -> tuple[int, int]:
+        """(weight bits, input bits) in this mode; before the first update of training, the evaluation bits."""
+        if not training or update is None:
+            return self.eval_bits
+        return self.scheduler.bits_at(update)
