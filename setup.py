@@ -18,6 +18,7 @@ setup(
         "scikit-learn",
         "tokenizers",  # WordPiece for BERT-family vocabularies (GLUE preprocessing)
         "safetensors",  # Hugging Face weights for the offline converter
+        "matplotlib",  # plots of the CPT report
     ],
     extras_require={"test": ["pytest>=7", "ruff", "transformers"]},
     entry_points={

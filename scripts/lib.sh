@@ -9,3 +9,22 @@ up_to_date() {
     [[ $target -nt $source ]] || return 1
   done
 }
+
+# use_pretrained OUT SPEC: convert SPEC (minilm: the pip-shipped all-MiniLM-L6-v2; or a Hugging Face directory)
+# once into OUT/pretrained/NAME; sets NAME, CONVERTED (the fairseq checkpoint's folder) and ARCH_FLAGS.
+use_pretrained() {
+  local out=$1 spec=$2 hf_dir
+  if [[ $spec == minilm ]]; then
+    hf_dir=$(python3 -c "from fairseq_quant.minilm import minilm_dir; print(minilm_dir())")
+    NAME=minilm
+  elif [[ -f $spec/config.json ]]; then
+    hf_dir=$spec
+    NAME=$(basename "$spec")
+  else
+    echo "error: --pretrained expects 'minilm' or a Hugging Face model directory with a config.json, got '$spec'" >&2
+    return 2
+  fi
+  CONVERTED=$out/pretrained/$NAME
+  [[ -f $CONVERTED/model.pt ]] || fairseq-quant-convert-hf "$hf_dir" "$CONVERTED"
+  read -r -a ARCH_FLAGS <"$CONVERTED/fairseq_args.txt"
+}

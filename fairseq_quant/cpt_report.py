@@ -1,0 +1,182 @@
+"""The CPT report: fairseq-train logs -> a markdown table (final metric, bit operations relative to static
+8-bit) and a PNG plot of the bit schedules.
+
+Each log is a ``fairseq-train --log-format simple`` log of a ``quant_roberta`` run: its ``train_inner`` lines carry
+``wbits``, ``inbits`` and the cumulative ``macs`` and ``bitops`` (``bitops.py``), its ``valid`` lines the metrics.
+Runs are grouped by name (``NAME=LOG``; without a name, the file name less a ``-seedN`` suffix), and a group's
+seeds are averaged. The bit-operations ratio of a run is ``bitops / (64 * macs)``: its total over what the same
+GEMMs cost with 8-bit weights and 8-bit inputs.
+
+    python scripts/cpt_report.py static8=run/static8-seed1.log cpt=run/cpt-seed1.log ... --out run/report
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import statistics
+import sys
+from dataclasses import dataclass, field
+
+__all__ = ["RunLog", "parse_log", "report_table", "plot_schedules", "main"]
+
+STATIC8 = 64.0  # 8-bit weights x 8-bit inputs
+
+
+class ReportError(ValueError):
+    """A log that cannot be reported; the message names the file and what was expected."""
+
+
+@dataclass
+class RunLog:
+    """What a training log says: the bit schedule, the bit-operations account and the validations."""
+
+    path: str
+    updates: list[int] = field(default_factory=list)
+    wbits: list[int] = field(default_factory=list)
+    inbits: list[int] = field(default_factory=list)
+    macs: float = 0.0
+    bitops: float = 0.0
+    valid: list[dict[str, float]] = field(default_factory=list)
+    best_metric: str = "loss"  # the run's --best-checkpoint-metric, and whether it is maximised
+    maximize: bool = False
+
+    @property
+    def bitops_vs_static8(self) -> float:
+        return self.bitops / (STATIC8 * self.macs)
+
+
+_TRAIN_INNER = re.compile(r"\| train_inner \| .*?(\w+=.*)$")
+_BEST = re.compile(r"'best_checkpoint_metric': '(\w+)'")
+_MAXIMIZE = re.compile(r"'maximize_best_checkpoint_metric': (True|False)")
+_VALID = re.compile(r"\| valid \| .*valid on '[^']*' subset \| (.*)$")
+
+
+def parse_log(path: str) -> RunLog:
+    """Read a ``--log-format simple`` fairseq-train log. Raises ``ReportError`` when it has no bit account."""
+    if not os.path.isfile(path):
+        raise ReportError(f"{path}: no such file")
+    run = RunLog(path)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            m = _BEST.search(line)
+            if m:
+                run.best_metric = m.group(1)
+                run.maximize = _MAXIMIZE.search(line).group(1) == "True" if _MAXIMIZE.search(line) else False
+            m = _TRAIN_INNER.search(line)
+            if m:
+                kv = dict(re.findall(r"(\w+)=([^,\s]+)", m.group(1)))
+                if "bitops" in kv:
+                    run.updates.append(int(kv["num_updates"]))
+                    run.wbits.append(int(float(kv["wbits"])))
+                    run.inbits.append(int(float(kv["inbits"])))
+                    run.macs, run.bitops = float(kv["macs"]), float(kv["bitops"])
+                continue
+            m = _VALID.search(line)
+            if m:
+                values = {}
+                for part in m.group(1).split(" | "):
+                    key, _, value = part.strip().partition(" ")
+                    try:
+                        values[key] = float(value)
+                    except ValueError:
+                        pass
+                run.valid.append(values)
+    if not run.updates:
+        raise ReportError(f"{path}: no train_inner lines with wbits/inbits/macs/bitops; expected the log of a "
+                          f"fairseq-train run of a quant_roberta model with --log-format simple")
+    if not run.valid:
+        raise ReportError(f"{path}: no validation lines ('valid on ... subset'); did the run validate?")
+    return run
+
+
+def _group_name(spec: str) -> tuple[str, str]:
+    if "=" in spec and not os.path.exists(spec):
+        name, path = spec.split("=", 1)
+        return name, path
+    stem = os.path.splitext(os.path.basename(spec))[0]
+    return re.sub(r"[-_]seed\d+$", "", stem), spec
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def report_table(groups: dict[str, list[RunLog]], metric: str | None = None) -> str:
+    """Markdown: per group, the seeds, the final and best validation metric (mean ± std over seeds), the mean
+    weight/input bits of training, and total training bit operations relative to static 8-bit. ``metric``
+    defaults to the first run's --best-checkpoint-metric; "best" follows its direction."""
+    first = next(iter(groups.values()))[0]
+    metric = metric or first.best_metric
+    lines = [f"| run | seeds | updates | final {metric} | best {metric} | mean W/A bits | bit ops vs static 8-bit |",
+             "|---|---|---|---|---|---|---|"]
+    for name, runs in groups.items():
+        for run in runs:
+            if metric not in run.valid[-1]:
+                raise ReportError(f"{run.path}: no {metric!r} in its validation lines; they have "
+                                  f"{', '.join(run.valid[-1])}")
+        final = [r.valid[-1][metric] for r in runs]
+        maximize = first.maximize if metric == first.best_metric else "loss" not in metric
+        pick = max if maximize else min
+        best = [pick(v[metric] for v in r.valid if metric in v) for r in runs]
+        wmean = statistics.mean(statistics.mean(r.wbits) for r in runs)
+        imean = statistics.mean(statistics.mean(r.inbits) for r in runs)
+        ratio = statistics.mean(r.bitops_vs_static8 for r in runs)
+        lines.append(f"| {name} | {len(runs)} | {runs[0].updates[-1]} | {_mean_std(final)} | {_mean_std(best)} | "
+                     f"{wmean:.2f} / {imean:.2f} | {ratio:.3f} |")
+    return "\n".join(lines)
+
+
+def plot_schedules(groups: dict[str, list[RunLog]], path: str) -> None:
+    """PNG: weight and input bits against the update, one line per group (its first seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, sharex=True, figsize=(8, 5))
+    for name, runs in groups.items():
+        run = runs[0]
+        axes[0].step(run.updates, run.wbits, where="post", label=name)
+        axes[1].step(run.updates, run.inbits, where="post", label=name)
+    axes[0].set_ylabel("weight bits")
+    axes[1].set_ylabel("input bits")
+    axes[1].set_xlabel("update")
+    axes[0].legend(loc="lower right", fontsize="small")
+    fig.suptitle("bit schedules")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="cpt_report.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("logs", nargs="+", metavar="[NAME=]LOG", help="fairseq-train logs (--log-format simple)")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/report.md and DIR/bit_schedules.png")
+    p.add_argument("--metric", default=None,
+                   help="validation metric to report (default: the run's --best-checkpoint-metric)")
+    opts = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, force=True)  # fairseq's import leaves the root logger verbose
+    groups: dict[str, list[RunLog]] = {}
+    try:
+        for spec in opts.logs:
+            name, path = _group_name(spec)
+            groups.setdefault(name, []).append(parse_log(path))
+        table = report_table(groups, opts.metric)
+    except ReportError as e:
+        p.error(str(e))
+    os.makedirs(opts.out, exist_ok=True)
+    plot = os.path.join(opts.out, "bit_schedules.png")
+    plot_schedules(groups, plot)
+    with open(os.path.join(opts.out, "report.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+    print(f"\n(report: {os.path.join(opts.out, 'report.md')}, plot: {plot})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

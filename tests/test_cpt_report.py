@@ -1,0 +1,93 @@
+"""The CPT report (scripts/cpt_report.py) on real training logs, and the experiment scripts end to end."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, fairseq_train
+
+from fairseq_quant.cpt_report import ReportError, parse_log, report_table
+from fairseq_quant.schedule import CPTConfig, CyclicPrecisionScheduler
+
+CFG = {"wbit_min": 4, "wbit_max": 8, "inbit_min": 2, "inbit_max": 6, "num_cyclic_period": 2}
+
+
+@pytest.fixture(scope="module")
+def logs(tiny_data, tmp_path_factory) -> dict[str, str]:
+    """Logs of a static W8A8 run and a CPT run, 10 updates each, validating every 5."""
+    tmp = tmp_path_factory.mktemp("cpt_report")
+    (tmp / "cfg.json").write_text(str(CFG).replace("'", '"'))
+    paths = {}
+    for name, flags in (("static8", []), ("cpt", ["--cpt-config", str(tmp / "cfg.json")])):
+        proc = fairseq_train(tiny_data, tmp / name, "--quantw", "--quantin", "--max-update", "10",
+                             "--validate-interval-updates", "5", *flags)
+        paths[name] = str(tmp / f"{name}-seed1.log")
+        with open(paths[name], "w") as f:
+            f.write(proc.stdout + proc.stderr)
+    return paths
+
+
+def test_parse_log_reads_schedule_account_and_validations(logs):
+    run = parse_log(logs["cpt"])
+    assert run.updates == list(range(1, 11))
+    scheduler = CyclicPrecisionScheduler(CPTConfig(**CFG), 10)
+    assert list(zip(run.wbits, run.inbits)) == [scheduler.bits_at(n - 1) for n in run.updates]
+    assert run.best_metric == "accuracy" and run.maximize
+    assert [v["num_updates"] for v in run.valid] == [5, 10]
+    static = parse_log(logs["static8"])
+    assert static.bitops == pytest.approx(64 * static.macs, rel=1e-5)  # logged with 6 significant digits
+    assert static.bitops_vs_static8 == pytest.approx(1.0, rel=1e-5)
+    # every update's MACs at its own bits: well below static 8-bit, above the all-minimum 4 x 2 bits
+    assert 8 / 64 < run.bitops_vs_static8 < 0.6
+
+
+def test_report_table_rows(logs):
+    table = report_table({"static8": [parse_log(logs["static8"])], "cpt": [parse_log(logs["cpt"])]})
+    lines = table.splitlines()
+    assert lines[0].startswith("| run | seeds | updates | final accuracy | best accuracy |")
+    assert lines[2].startswith("| static8 | 1 | 10 |") and lines[2].endswith("| 8.00 / 8.00 | 1.000 |")
+    mean_w = sum(parse_log(logs["cpt"]).wbits) / 10
+    assert f"| {mean_w:.2f} / " in lines[3]
+
+
+def test_cli_writes_markdown_and_png(logs, tmp_path):
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "cpt_report.py"), logs["static8"], logs["cpt"],
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "| static8 | 1 | 10 |" in proc.stdout  # named after the file, less -seed1
+    assert (out / "report.md").read_text().strip() == proc.stdout.strip()
+    assert (out / "bit_schedules.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_errors_name_the_file(tmp_path):
+    plain = tmp_path / "plain.log"
+    plain.write_text("2026-01-01 | INFO | train_inner | epoch 001:  1 / 8 loss=1.0, num_updates=1\n")
+    for path, message in ((str(tmp_path / "nope.log"), "nope.log: no such file"),
+                          (str(plain), "plain.log: no train_inner lines with wbits/inbits/macs/bitops")):
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / "cpt_report.py"), path, "--out",
+                               str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_metric_the_runs_did_not_log_is_named(logs):
+    with pytest.raises(ReportError, match="no 'mcc' in its validation lines; they have loss, nll_loss, accuracy"):
+        report_table({"cpt": [parse_log(logs["cpt"])]}, "mcc")
+
+
+def test_experiment3_runs_the_sweep_on_the_default_task_and_reports(tmp_path):
+    """experiment3.bash (which runs experiment2.bash) as a user runs it, shortened to 6 updates."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "experiment3.bash"), "--periods", "2", "--ranges", "4-8",
+                           "--period", "2", "--max-update", "6", "--out", str(tmp_path / "e3")],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    # the sweep's two points are the same config: run once
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| static8", "| cpt-w4-8-a4-8-p2"]
+    assert rows[1].endswith("| 1.000 |")
+    assert os.listdir(tmp_path / "e3" / "configs") == ["w4-8-a4-8-p2.json"]
+    (run,) = [d for d in os.listdir(tmp_path / "e3") if d.endswith("default-task")]
+    assert (tmp_path / "e3" / run / "report" / "bit_schedules.png").exists()
