@@ -47,7 +47,8 @@ for path in sys.argv[1:]:
     try:
         load_cpt_config(path)
     except CPTConfigError as e:
-        sys.exit(f"experiment2.bash: error: --cpt-configs: {e}")
+        print(f"experiment2.bash: error: --cpt-configs: {e}", file=sys.stderr)
+        sys.exit(2)
 PY
 IFS=, read -r -a SEED_LIST <<<"$SEEDS"
 

@@ -21,7 +21,7 @@ use_pretrained() {
     hf_dir=$spec
     NAME=$(basename "$spec")
   else
-    echo "error: --pretrained expects 'minilm' or a Hugging Face model directory with a config.json, got '$spec'" >&2
+    echo "$(basename "$0"): error: --pretrained expects 'minilm' or a Hugging Face model directory with a config.json, got '$spec'" >&2
     return 2
   fi
   CONVERTED=$out/pretrained/$NAME

@@ -32,6 +32,7 @@ if ! [[ $MAX_UPDATE =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 
+. "$ROOT/scripts/lib.sh"  # use_pretrained
 bash "$ROOT/scripts/setup.sh"
 bash "$ROOT/scripts/prepare_default_task.sh" "$OUT/data"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
@@ -42,19 +43,7 @@ if [[ -z $PRETRAINED ]]; then
   MODEL_FLAGS=(--arch quant_roberta_tiny --max-positions 64)
   LR=1e-3
 else
-  if [[ $PRETRAINED == minilm ]]; then
-    HF_DIR=$(python3 -c "from fairseq_quant.minilm import minilm_dir; print(minilm_dir())")
-    NAME=minilm
-  elif [[ -f $PRETRAINED/config.json ]]; then
-    HF_DIR=$PRETRAINED
-    NAME=$(basename "$PRETRAINED")
-  else
-    echo "quickstart.sh: error: --pretrained expects 'minilm' or a Hugging Face model directory with a" \
-      "config.json, got '$PRETRAINED'" >&2
-    exit 2
-  fi
-  CONVERTED=$OUT/pretrained/$NAME
-  [[ -f $CONVERTED/model.pt ]] || fairseq-quant-convert-hf "$HF_DIR" "$CONVERTED"
+  use_pretrained "$OUT" "$PRETRAINED" || exit 2
   # The default task is in GLUE's SST-2 format: tokenise it with the model's own vocabulary.
   GLUE=$OUT/data/glue
   mkdir -p "$GLUE/SST-2"
@@ -67,7 +56,6 @@ else
   DATA=$OUT/data/bin-$NAME
   python3 -m fairseq_quant.glue "$GLUE" SST-2 "$DATA" "${TOKENIZER[@]}" --srcdict "$CONVERTED/dict.txt" \
     --workers 2 2>>"$OUT/data/glue.log"
-  read -r -a ARCH_FLAGS <"$CONVERTED/fairseq_args.txt"
   MODEL_FLAGS=("${ARCH_FLAGS[@]}" --restore-file "$CONVERTED/model.pt" --reset-optimizer --reset-dataloader
     --reset-meters --reset-lr-scheduler)
   LR=1e-4

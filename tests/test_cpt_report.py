@@ -91,3 +91,16 @@ def test_experiment3_runs_the_sweep_on_the_default_task_and_reports(tmp_path):
     assert os.listdir(tmp_path / "e3" / "configs") == ["w4-8-a4-8-p2.json"]
     (run,) = [d for d in os.listdir(tmp_path / "e3") if d.endswith("default-task")]
     assert (tmp_path / "e3" / run / "report" / "bit_schedules.png").exists()
+
+
+def test_experiment2_refuses_a_bad_cpt_config_before_running_anything(tmp_path):
+    bad = tmp_path / "cfg.json"
+    bad.write_text('{"wbit_min": 4, "wbit_max": 8, "inbit_min": 4, "inbit_max": 8}')
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "experiment2.bash"), "--cpt-configs", str(bad), "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "experiment2.bash: error: --cpt-configs: " in proc.stderr and "missing key(s) num_cyclic_period" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "experiment2.bash"), "--bits", "4"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "experiment2.bash: error: unknown option --bits" in proc.stderr
