@@ -99,7 +99,8 @@ def test_experiment2_refuses_a_bad_cpt_config_before_running_anything(tmp_path):
     proc = subprocess.run(["bash", str(REPO / "scripts" / "experiment2.bash"), "--cpt-configs", str(bad), "--out",
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert "experiment2.bash: error: --cpt-configs: " in proc.stderr and "missing key(s) num_cyclic_period" in proc.stderr
+    assert "experiment2.bash: error: --cpt-configs: " in proc.stderr
+    assert "missing key(s) num_cyclic_period" in proc.stderr
     assert not (tmp_path / "out").exists()
     proc = subprocess.run(["bash", str(REPO / "scripts" / "experiment2.bash"), "--bits", "4"], capture_output=True,
                           text=True, timeout=60)
