@@ -6,7 +6,7 @@ that fails without it.
 """
 from importlib import import_module
 
-PATCHES = ("help_lists_model_args", "bf16_without_tpu", "model_checks_args", "checkpoint_weights_only")
+PATCHES = ("help_lists_model_args", "model_checks_args", "bf16_without_tpu", "checkpoint_weights_only")
 
 __all__ = ["PATCHES", "apply_all"]
 

@@ -4,7 +4,7 @@ from conftest import TINY_TRAIN
 from fairseq import options
 from fairseq_quant_patches import model_checks_args
 
-model_checks_args.apply()
+import fairseq_quant  # noqa: F401  (applies every patch, in their order)
 
 BAD = ["data", *TINY_TRAIN, "--layernorm-eps", "-1"]
 
