@@ -24,7 +24,9 @@ import logging
 import sys
 from collections.abc import Callable
 
-from fairseq import options, utils
+from fairseq import utils
+
+from . import wrap_parse_args_and_arch
 
 __all__ = ["apply"]
 
@@ -53,11 +55,9 @@ def _without_implied_tpu(parse_args_and_arch: Callable) -> Callable:
             logger.info("--bf16 without torch_xla: not switching to TPU (fairseq's 'bf16 implies --tpu'), tpu=False")
         return result
 
-    setattr(wrapper, _PATCHED, True)
     return wrapper
 
 
 def apply() -> None:
     """Replace ``fairseq.options.parse_args_and_arch`` by the wrapper; idempotent (the original is ``__wrapped__``)."""
-    if not getattr(options.parse_args_and_arch, _PATCHED, False):
-        options.parse_args_and_arch = _without_implied_tpu(options.parse_args_and_arch)
+    wrap_parse_args_and_arch(_without_implied_tpu, _PATCHED)

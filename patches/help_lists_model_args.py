@@ -18,7 +18,7 @@ import io
 import sys
 from collections.abc import Callable
 
-from fairseq import options
+from . import wrap_parse_args_and_arch
 
 __all__ = ["apply"]
 
@@ -46,11 +46,9 @@ def _complete_help(parse_args_and_arch: Callable) -> Callable:
         parser.print_help()
         parser.exit(0)
 
-    setattr(wrapper, _PATCHED, True)
     return wrapper
 
 
 def apply() -> None:
     """Replace ``fairseq.options.parse_args_and_arch`` by the wrapper; idempotent."""
-    if not getattr(options.parse_args_and_arch, _PATCHED, False):
-        options.parse_args_and_arch = _complete_help(options.parse_args_and_arch)
+    wrap_parse_args_and_arch(_complete_help, _PATCHED)

@@ -17,7 +17,7 @@ import argparse
 import functools
 from collections.abc import Callable
 
-from fairseq import options
+from . import wrap_parse_args_and_arch
 
 __all__ = ["apply"]
 
@@ -44,11 +44,9 @@ def _with_model_check(parse_args_and_arch: Callable) -> Callable:
                     parser.error(str(e))
         return result
 
-    setattr(wrapper, _PATCHED, True)
     return wrapper
 
 
 def apply() -> None:
     """Replace ``fairseq.options.parse_args_and_arch`` by the wrapper; idempotent."""
-    if not getattr(options.parse_args_and_arch, _PATCHED, False):
-        options.parse_args_and_arch = _with_model_check(options.parse_args_and_arch)
+    wrap_parse_args_and_arch(_with_model_check, _PATCHED)
