@@ -62,13 +62,12 @@ def cpt_config_from_args(args) -> CPTConfig | None:
 def total_updates(args, task, model) -> int:
     """The number of updates the run will make: ``--max-update``, or, when ``--max-epoch`` is given, the updates
     per epoch (batches of the training set on this data-parallel rank, grouped by ``--update-freq``) summed over
-    the epochs, capped by ``--max-update`` when both are given. Assumes every epoch has as many batches as the
-    first (true of fairseq's fixed-size batching of a single training set)."""
+    the epochs, capped by ``--max-update`` when both are given (``args`` passed the model's ``check_args``).
+    Assumes every epoch has as many batches as the first (true of fairseq's fixed-size batching of a single
+    training set)."""
     max_update = getattr(args, "max_update", 0) or 0
     max_epoch = getattr(args, "max_epoch", 0) or 0
-    if max_epoch <= 0:
-        if max_update <= 0:
-            raise CPTConfigError("--cpt-config needs the length of the run: give --max-update or --max-epoch")
+    if max_epoch <= 0:  # the model's check_args made sure one of the two is given
         return max_update
     import torch.distributed as dist
     from fairseq import utils

@@ -24,7 +24,7 @@ from torch import nn
 from ..bitops import BitOpsCounter
 from ..cpt import CyclicPrecision, add_cpt_args, cpt_config_from_args, total_updates
 from ..recipe import QuantRecipe, add_quant_args, apply_recipe, check_quant_args, quantize_model, set_quant_defaults
-from ..schedule import CPTConfigError, parse_eval_bits
+from ..schedule import CPTConfig, CPTConfigError, parse_eval_bits
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +51,10 @@ class QuantRobertaModel(RobertaModel):
         add_cpt_args(parser)
 
     @classmethod
-    def check_args(cls, args) -> None:
+    def check_args(cls, args) -> CPTConfig | None:
         """Reject flag combinations, naming the flags (``ValueError``); ``fairseq-train`` reports it as a usage
-        error (``patches/model_checks_args.py``), ``build_model`` raises it."""
+        error (``patches/model_checks_args.py``), ``build_model`` raises it. Returns the CPT config it checked
+        (``None`` without ``--cpt-config``)."""
         set_quant_defaults(args)
         check_quant_args(args)
         eps = getattr(args, "layernorm_eps", None)
@@ -61,7 +62,7 @@ class QuantRobertaModel(RobertaModel):
             raise ValueError(f"--layernorm-eps must be positive, got {eps}")
         config = cpt_config_from_args(args)
         if config is None:
-            return
+            return None
         if not (args.quantw or args.quantin):
             raise CPTConfigError("--cpt-config cycles the bit widths of quantized weights and inputs: it needs "
                                  "--quantw and/or --quantin")
@@ -72,13 +73,13 @@ class QuantRobertaModel(RobertaModel):
         if max_epoch <= 0 and max_update < config.num_cyclic_period:
             raise CPTConfigError(f"num_cyclic_period ({config.num_cyclic_period}) in the --cpt-config file exceeds "
                                  f"--max-update ({max_update}): each cycle needs at least one update")
+        return config
 
     @classmethod
     def build_model(cls, args, task):
         set_quant_defaults(args)
         args.layernorm_eps = getattr(args, "layernorm_eps", None) or 1e-5
-        cls.check_args(args)
-        config = cpt_config_from_args(args)
+        config = cls.check_args(args)
         if config is not None:
             # the saved configuration carries the schedule and the evaluation precision, so a CPT checkpoint
             # loads (evaluate.py, hub) without its JSON file and evaluates at the fixed precision
