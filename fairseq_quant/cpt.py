@@ -10,6 +10,7 @@ import argparse
 import logging
 import math
 
+from .jsonfiles import validated_file_type
 from .schedule import CPTConfig, CPTConfigError, CyclicPrecisionScheduler, load_cpt_config, parse_eval_bits
 
 __all__ = ["add_cpt_args", "cpt_config_from_args", "total_updates", "CyclicPrecision"]
@@ -17,13 +18,7 @@ __all__ = ["add_cpt_args", "cpt_config_from_args", "total_updates", "CyclicPreci
 logger = logging.getLogger(__name__)
 
 
-def _cpt_config_type(value: str) -> str:
-    """argparse type: the path of a valid cfg_cpt.json (validated here, before anything is built)."""
-    try:
-        load_cpt_config(value)
-    except CPTConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return value
+_cpt_config_type = validated_file_type(load_cpt_config, CPTConfigError)  # a valid cfg_cpt.json, checked early
 
 
 def _eval_bits_type(value: str) -> str:

@@ -104,6 +104,14 @@ def load_model_and_task(opts: argparse.Namespace):
     with open_dict(cfg):
         cfg.model._name = quant_arch
         cfg.model.arch = quant_arch
+        if overrides.get("quant_recipe"):
+            # a recipe replaces every other quantization setting, the checkpoint's included
+            for key, value in QUANT_DEFAULTS.items():
+                setattr(cfg.model, key, value)
+        if overrides:
+            cfg.model.quant_recipe_json = None  # what is given here replaces the checkpoint's recipe
+        if overrides and not overrides.get("quant_recipe"):
+            cfg.model.quant_recipe = None
         for key, value in overrides.items():
             setattr(cfg.model, key, value)
         cfg.task.data = opts.data
@@ -116,6 +124,7 @@ def load_model_and_task(opts: argparse.Namespace):
                 setattr(cfg.model, key, value)
     try:
         check_quant_args(cfg.model)
+        QuantRecipe.from_args(cfg.model)
     except ValueError as e:
         raise EvaluateError(str(e)) from None
     task = tasks.setup_task(cfg.task)
@@ -259,10 +268,21 @@ def evaluate(opts: argparse.Namespace) -> dict:
 
 
 def describe(recipe: QuantRecipe) -> str:
-    """Short name of a recipe: ``W8A8``, ``W4A32``, ``FP32``..."""
-    w = recipe.weight.bits if recipe.weight.mode == "quantize" else 32
-    a = recipe.input.bits if recipe.input.mode == "quantize" else 32
-    return "FP32" if w == a == 32 else f"W{w}A{a}"
+    """Short name of a recipe: ``W8A8``, ``W4A32``, ``FP32``, ``W:fp8_e4m3 A:posit8_1``, with ``+act,norm`` for
+    the operations beyond GEMMs and ``+points`` when a recipe names points."""
+    def name(spec):
+        if spec.mode != "quantize":
+            return "32"
+        return str(spec.bits) if spec.is_int else ":" + spec.grid_name
+
+    w, a = name(recipe.weight), name(recipe.input)
+    text = "FP32" if w == a == "32" else f"W{w}A{a}" if ":" not in w + a else f"W{w} A{a}"
+    extra = [o for o in recipe.ops if o != "gemm"]
+    if extra and recipe.input.mode == "quantize":
+        text += "+" + ",".join(extra)
+    if recipe.points:
+        text += "+points"
+    return text
 
 
 CSV_COLUMNS = ("tag", "task", "metric", "accuracy", "f1", "mcc", "pearson", "spearman", "quant", "calib_batches",

@@ -511,6 +511,7 @@ def _parse_format(name: str) -> Format:
     raise ValueError("not a format name")
 
 
+@functools.cache
 def get_format(name: str) -> Format:
     """The number format called ``name`` (see ``FORMAT_PATTERNS``): ``get_format("fp8_e4m3").max == 448``,
     ``get_format("posit8_0").quantize(torch.tensor([1.3]))`` is ``[1.3125]``. ``fmt.name`` is canonical
@@ -528,7 +529,9 @@ class _StraightThrough(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, fmt, rounding, generator):
         ctx.save_for_backward((x >= fmt.min) & (x <= fmt.max))
-        return fmt.quantize(x, rounding, generator)
+        y = fmt.quantize(x, rounding, generator)
+        # a view returned by a custom Function cannot be modified in place (fairseq scales q in place)
+        return y.clone() if y._base is not None else y
 
     @staticmethod
     def backward(ctx, grad):

@@ -1,23 +1,72 @@
 """Recipes: which quantization point gets which QuantSpec, and applying that to a model.
 
-The command-line flags (``--quantw --bitsw 8 --quantin --bitsin 8`` ...) are the simplest recipe: one spec for
-every weight and one for every GEMM input (activations, attention operands); the softmax probabilities take the
-input spec on an unsigned grid, since they are non-negative.
+A recipe has a base spec for weights and one for inputs (every activation point), the set of operations
+(``--quantize-ops``) whose points take them, and ``points``: overrides for named points, by the short names of
+Bondarenko et al. (``x`` FFN input, ``h`` FFN output, ``y`` FFN residual sum, ``P`` pooler, ``C`` classifier,
+``Et`` token embeddings), by operation, or by glob patterns over quantizer paths
+(``*.layers.0.fc1.weight_quant``). The command-line flags (``--quantw --bitsw 8 --quantin --bitsin 8`` ...) are
+the simplest recipe; ``--quant-recipe FILE.json`` (see ``configs/recipes/``) or ``QuantRecipe.from_dict`` give
+the rest. The softmax probabilities take the input spec, on an unsigned grid for integers.
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import fnmatch
+import json
+import logging
+import os
+from dataclasses import dataclass, field, fields, replace
 
 from fairseq.modules import MultiheadAttention
 from torch import nn
 
-from .formats import MAX_BITS, MIN_BITS
-from .layers import QuantizedLinear, QuantizedMultiheadAttention
+from .formats import MAX_BITS, MIN_BITS, ROUNDINGS, get_format
+from .jsonfiles import validated_file_type
+from .layers import (
+    QuantizedActivation,
+    QuantizedEmbedding,
+    QuantizedLayerNorm,
+    QuantizedLinear,
+    QuantizedMultiheadAttention,
+    quantize_residuals,
+)
 from .quant_measure import QuantMeasure
-from .spec import QuantSpec
+from .spec import MODES, SCALINGS, QuantSpec, _float_format_error
 
-__all__ = ["QuantRecipe", "add_quant_args", "check_quant_args", "quantize_model", "apply_recipe", "QUANT_DEFAULTS"]
+__all__ = [
+    "OPS",
+    "POINT_GROUPS",
+    "QUANT_DEFAULTS",
+    "QuantRecipe",
+    "RecipeError",
+    "SHORT_NAMES",
+    "add_quant_args",
+    "apply_recipe",
+    "check_quant_args",
+    "load_recipe",
+    "quantize_model",
+]
+
+logger = logging.getLogger(__name__)
+
+# the operations --quantize-ops chooses from
+OPS = ("gemm", "act", "norm", "attn_scaling", "residual")
+# every operation group a quantizer belongs to: OPS, plus linear-layer outputs and token embeddings, which are
+# quantized only where a recipe names them
+POINT_GROUPS = OPS + ("output", "embedding")
+# the short names of quantization points (Bondarenko et al., EMNLP 2021) -> quantizer path patterns
+SHORT_NAMES = {
+    "x": ("*.fc1.input_quant",),
+    "h": ("*.fc2.output_quant",),
+    "y": ("*.ffn_residual_quant",),
+    "P": ("*classification_heads.*.dense.input_quant", "*classification_heads.*.dense.weight_quant"),
+    "C": ("*classification_heads.*.out_proj.input_quant", "*classification_heads.*.out_proj.weight_quant"),
+    "Et": ("*embed_tokens.weight_quant",),
+}
+
+
+class RecipeError(ValueError):
+    """A bad recipe (file, dictionary or flags); the message names the key and the allowed values."""
 
 
 def bits_type(value: str) -> int:
@@ -78,7 +127,44 @@ QUANT_DEFAULTS = {
     "quantw_granularity": "channel",
     "dynamic_qparams": False,
     "qparams_momentum": 0.9,
+    "formatw": "int",
+    "formatin": "int",
+    "formatw_scaling": "none",
+    "formatin_scaling": "none",
+    "formatgrad": None,
+    "quant_rounding": "nearest",
+    "quantize_ops": "gemm",
+    "quant_recipe": None,
 }
+
+
+def float_format_type(value: str) -> str:
+    """argparse type for --formatgrad: a floating-point format name."""
+    why = _float_format_error(value)
+    if why:
+        raise argparse.ArgumentTypeError(why)
+    return value
+
+
+def format_type(value: str) -> str:
+    """argparse type for --formatw/--formatin: ``int`` (the width from --bitsw/--bitsin) or a floating-point format
+    name."""
+    return value if value == "int" else float_format_type(value)
+
+
+def ops_type(value: str) -> str:
+    """argparse type for --quantize-ops: a comma-separated subset of ``OPS``; returns it normalised."""
+    ops = [o.strip() for o in value.split(",") if o.strip()]
+    bad = [o for o in ops if o not in OPS]
+    if bad or not ops:
+        raise argparse.ArgumentTypeError(f"invalid operation(s) {bad or value!r}: expected a comma-separated list "
+                                         f"of {', '.join(OPS)}")
+    return ",".join(o for o in OPS if o in ops)
+
+
+def recipe_file_type(value: str) -> str:
+    """argparse type for --quant-recipe: the path of a valid recipe file (validated before anything is built)."""
+    return validated_file_type(load_recipe, RecipeError)(value)
 
 
 def add_quant_args(parser: argparse.ArgumentParser, defaults: bool = True, training: bool = True) -> None:
@@ -118,6 +204,31 @@ def add_quant_args(parser: argparse.ArgumentParser, defaults: bool = True, train
                    help="input ranges from the current batch; default: a running average, updated in training")
     g.add_argument("--qparams-momentum", type=momentum_type, metavar="M", default=d["qparams_momentum"],
                    help="running-average momentum for input ranges: r <- M*r + (1-M)*batch (default 0.9)")
+    g.add_argument("--formatw", type=format_type, metavar="FMT", default=d["formatw"],
+                   help="weight number format: 'int' (default; --bitsw wide) or a floating-point format such as "
+                        "fp8_e4m3, fp8_e5m2, e3m2, e8m7 (bfloat16), posit8_1, posit16_1")
+    g.add_argument("--formatin", type=format_type, metavar="FMT", default=d["formatin"],
+                   help="input (activation) number format, as --formatw (default 'int', --bitsin wide)")
+    g.add_argument("--formatw-scaling", choices=SCALINGS, default=d["formatw_scaling"],
+                   help="floating-point weight formats: 'none' (default, the format's own values) or 'amax' "
+                        "(scale each tensor, or channel, so its largest magnitude maps to the format's maximum)")
+    g.add_argument("--formatin-scaling", choices=SCALINGS, default=d["formatin_scaling"],
+                   help="floating-point input formats: 'none' (default) or 'amax' (per tensor, from the "
+                        "running or current range, as FP8 training does)")
+    g.add_argument("--formatgrad", type=float_format_type, metavar="FMT", default=d["formatgrad"],
+                   help="round the gradient of every quantized input to this floating-point format, amax-scaled "
+                        "per tensor (e.g. fp8_e5m2); needs --quantin (default: full-precision gradients)")
+    g.add_argument("--quant-rounding", choices=ROUNDINGS, default=d["quant_rounding"],
+                   help="rounding of every quantizer (and of --formatgrad): nearest (ties to even, default) or "
+                        "stochastic")
+    g.add_argument("--quantize-ops", type=ops_type, metavar="OPS", default=d["quantize_ops"],
+                   help=f"operations whose tensors --quantin/--measurein reach, comma-separated from {','.join(OPS)}: "
+                        "GEMM operands, the activation function's input/output, LayerNorm input/output, the scaled "
+                        "attention scores (softmax input), residual sums (default gemm)")
+    g.add_argument("--quant-recipe", type=recipe_file_type, metavar="JSON", default=d["quant_recipe"],
+                   help="a JSON recipe (see configs/recipes/): base weight/input specs, operations and per-point "
+                        "overrides (x, h, y, P, C, Et, operation names, or path patterns); replaces the other "
+                        "quantization flags")
 
 
 def set_quant_defaults(args) -> None:
@@ -136,24 +247,230 @@ def check_quant_args(args) -> None:
         value = getattr(args, key, 8)
         if isinstance(value, bool) or not isinstance(value, int) or not MIN_BITS <= value <= MAX_BITS:
             raise ValueError(f"--{key} must be an integer from {MIN_BITS} to {MAX_BITS}, got {value!r}")
+    if getattr(args, "quant_recipe", None) or getattr(args, "quant_recipe_json", None):
+        given = [k for k in QUANT_DEFAULTS if k not in ("quant_recipe", "freeze")
+                 and getattr(args, k, QUANT_DEFAULTS[k]) != QUANT_DEFAULTS[k]]
+        if given:
+            raise ValueError(f"--quant-recipe replaces the other quantization flags; put "
+                             f"{', '.join('--' + k.replace('_', '-') for k in given)} into the recipe instead")
+        return
+    for key in ("formatw", "formatin"):
+        try:
+            format_type(getattr(args, key, "int"))
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(f"--{key}: {e}") from None
+    if getattr(args, "formatgrad", None) and not getattr(args, "quantin", False):
+        raise ValueError("--formatgrad rounds the gradients of quantized inputs: it needs --quantin")
+    try:
+        ops_type(getattr(args, "quantize_ops", "gemm"))
+    except argparse.ArgumentTypeError as e:
+        raise ValueError(f"--quantize-ops: {e}") from None
+
+
+# The keys a spec takes in a recipe file or dictionary, with what they mean.
+SPEC_KEYS = {
+    "mode": f"one of {', '.join(MODES)}",
+    "format": "'int', intN / uintN (N = 2..16), or a floating-point format such as fp8_e4m3, e8m7, posit8_1",
+    "bits": f"integer width of an 'int' format, {MIN_BITS}..{MAX_BITS}",
+    "range": "symmetric or asymmetric (integer grids)",
+    "granularity": "tensor or channel (channel: weights only)",
+    "dynamic": "true (ranges from the current tensor) or false (running average)",
+    "momentum": "running-average momentum in [0, 1)",
+    "scaling": f"one of {', '.join(SCALINGS)} (floating-point formats)",
+    "rounding": f"one of {', '.join(ROUNDINGS)}",
+    "grad": "a floating-point format for the gradient, or null",
+}
+RECIPE_KEYS = ("weight", "input", "ops", "points")
+
+
+def _spec_fields(entry, where: str) -> dict:
+    """A recipe spec entry (``{"format": "int4", "granularity": "channel"}``) -> QuantSpec field changes."""
+    if not isinstance(entry, dict):
+        raise RecipeError(f"{where}: expected an object with keys from {', '.join(SPEC_KEYS)}, got {entry!r}")
+    out = {}
+    for key, value in entry.items():
+        if key not in SPEC_KEYS:
+            raise RecipeError(f"{where}: unknown key {key!r}; allowed: " +
+                              "; ".join(f"{k} ({v})" for k, v in SPEC_KEYS.items()))
+        if key == "format":
+            fmt = None
+            if isinstance(value, str) and value != "int":
+                try:
+                    fmt = get_format(value)
+                except ValueError as e:
+                    raise RecipeError(f"{where}.format: {e}") from None
+            if fmt is not None and hasattr(fmt, "signed"):  # intN / uintN / intN_sym
+                out.update(format="int", bits=fmt.bits, signed=fmt.signed)
+                if fmt.symmetric:
+                    out["symmetric"] = True
+            else:
+                out["format"] = value
+        elif key == "range":
+            if value not in ("symmetric", "asymmetric"):
+                raise RecipeError(f"{where}.range: expected symmetric or asymmetric, got {value!r}")
+            out["symmetric"] = value == "symmetric"
+        elif key == "granularity":
+            if value not in ("tensor", "channel"):
+                raise RecipeError(f"{where}.granularity: expected tensor or channel, got {value!r}")
+            out["per_channel"] = value == "channel"
+        else:
+            out[{"grad": "grad_format"}.get(key, key)] = value
+    try:
+        QuantSpec(**out)  # validate the values alone
+    except (ValueError, TypeError) as e:
+        raise RecipeError(f"{where}: {e}") from None
+    return out
+
+
+def _is_pattern(key: str) -> bool:
+    return any(c in key for c in ".*?[")
+
+
+def _point_matches(key: str, name: str, op: str) -> bool:
+    if key in SHORT_NAMES:
+        return any(fnmatch.fnmatchcase(name, p) for p in SHORT_NAMES[key])
+    if key in POINT_GROUPS:
+        return op == key
+    return fnmatch.fnmatchcase(name, key)
 
 
 @dataclass(frozen=True)
 class QuantRecipe:
-    """One spec for all weights, one for all GEMM inputs; the softmax probabilities use ``probs``."""
+    """Which spec each quantization point of a model takes.
+
+    weight / input: the base specs of weight points and of activation points (the softmax probabilities use
+        ``probs``: the input spec on an unsigned grid).
+    ops: the operation groups (from ``OPS``) whose points take the base specs; the others are off.
+    points: ``(key, field changes)`` pairs applied in order to the points ``key`` names — a short name
+        (``SHORT_NAMES``), an operation group (``POINT_GROUPS``) or a glob over quantizer paths. A named point
+        takes its role's base spec (so it is quantized when weights or inputs are) with the changes applied, even
+        when its operation is not in ``ops``; ``{"mode": "off"}`` turns points off.
+    """
 
     weight: QuantSpec
     input: QuantSpec
+    ops: tuple[str, ...] = ("gemm",)
+    points: tuple[tuple[str, dict], ...] = field(default=(), compare=True)
+
+    def __post_init__(self) -> None:
+        bad = [o for o in self.ops if o not in OPS]
+        if bad:
+            raise RecipeError(f"ops: unknown operation(s) {bad}; allowed: {', '.join(OPS)}")
 
     @property
     def probs(self) -> QuantSpec:
-        return self.input.replace(signed=False, symmetric=True)
+        return self.input.replace(signed=False, symmetric=True) if self.input.is_int else self.input
+
+    def with_bits(self, weight_bits: int, input_bits: int) -> QuantRecipe:
+        """The same recipe with other base bit widths (cyclic precision)."""
+        return replace(self, weight=self.weight.replace(bits=weight_bits), input=self.input.replace(bits=input_bits))
+
+    def spec_for(self, name: str, role: str, op: str) -> QuantSpec:
+        """The spec of the quantizer at path ``name`` with this ``role`` (weight, input, probs) and ``op``."""
+        base = {"weight": self.weight, "input": self.input, "probs": self.probs}[role]
+        if role != "weight" or op == "embedding":  # token embeddings: one range for the table unless named
+            base = base.replace(per_channel=False)
+        spec = base if op in self.ops else base.replace(mode="off")
+        named = False
+        for key, changes in self.points:
+            if _point_matches(key, name, op):
+                if changes.get("per_channel") and role != "weight":
+                    raise RecipeError(f"points.{key}: granularity 'channel' is for weights, and {name} quantizes "
+                                      f"an activation")
+                spec = (spec if named else base).replace(**changes)
+                named = True
+        return spec
+
+    def unmatched_points(self, names: list[tuple[str, str]]) -> list[str]:
+        """The ``points`` keys that name none of ``names`` (``(path, op)`` pairs): likely typos."""
+        return [key for key, _ in self.points if not any(_point_matches(key, n, op) for n, op in names)]
+
+    @classmethod
+    def from_dict(cls, data, source: str = "recipe") -> QuantRecipe:
+        """A recipe from a dictionary such as a recipe file holds::
+
+            {"weight": {"format": "fp8_e4m3", "scaling": "amax"},
+             "input": {"format": "fp8_e4m3", "scaling": "amax", "grad": "fp8_e5m2"},
+             "ops": ["gemm", "act", "norm"],
+             "points": {"y": {"format": "int16"}, "*.layers.0.*": {"mode": "off"}}}
+
+        ``weight`` and ``input`` entries default to ``mode: quantize`` (an absent one: off); weights default to
+        per-channel symmetric ranges of the current tensor, inputs to per-tensor asymmetric running ranges.
+        Raises ``RecipeError`` naming ``source`` and the offending key.
+        """
+        if not isinstance(data, dict):
+            raise RecipeError(f"{source}: expected a JSON object with keys {', '.join(RECIPE_KEYS)}")
+        unknown = [k for k in data if k not in RECIPE_KEYS]
+        if unknown:
+            raise RecipeError(f"{source}: unknown key {unknown[0]!r}; allowed: {', '.join(RECIPE_KEYS)}")
+        bases = {"weight": QuantSpec(per_channel=True, dynamic=True), "input": QuantSpec(symmetric=False)}
+        specs = {}
+        for role, base in bases.items():
+            entry = data.get(role)
+            changes = {} if entry is None else {"mode": "quantize", **_spec_fields(entry, f"{source}: {role}")}
+            if role == "input" and changes.get("per_channel"):
+                raise RecipeError(f"{source}: input.granularity: 'channel' is for weights; inputs are per tensor")
+            specs[role] = base.replace(**changes)
+        ops = data.get("ops", ["gemm"])
+        if isinstance(ops, str):
+            ops = [o.strip() for o in ops.split(",")]
+        if not isinstance(ops, list) or not all(o in OPS for o in ops):
+            raise RecipeError(f"{source}: ops: expected a list from {', '.join(OPS)}, got {ops!r}")
+        points = data.get("points", {})
+        if not isinstance(points, dict):
+            raise RecipeError(f"{source}: points: expected an object mapping point names to specs")
+        parsed = []
+        for key, entry in points.items():
+            if not (key in SHORT_NAMES or key in POINT_GROUPS or _is_pattern(key)):
+                raise RecipeError(f"{source}: points: unknown point {key!r}; allowed: short names "
+                                  f"{', '.join(SHORT_NAMES)}, operations {', '.join(POINT_GROUPS)}, or a path "
+                                  f"pattern such as '*.layers.0.fc1.weight_quant'")
+            changes = _spec_fields(entry, f"{source}: points.{key}")
+            if changes.get("per_channel") and (key in SHORT_NAMES and key not in ("P", "C", "Et")
+                                               or key in POINT_GROUPS and key not in ("gemm", "embedding")):
+                raise RecipeError(f"{source}: points.{key}.granularity: 'channel' is for weights; {key} "
+                                  f"quantizes activations")
+            parsed.append((key, changes))
+        return cls(weight=specs["weight"], input=specs["input"], ops=tuple(o for o in OPS if o in ops),
+                   points=tuple(parsed))
+
+    def to_dict(self) -> dict:
+        """The recipe as ``from_dict`` reads it (saved with checkpoints; ``points`` keep their order)."""
+        def spec_dict(changes: dict) -> dict:
+            out = {}
+            for k, v in changes.items():
+                if k == "symmetric":
+                    out["range"] = "symmetric" if v else "asymmetric"
+                elif k == "per_channel":
+                    out["granularity"] = "channel" if v else "tensor"
+                elif k == "grad_format":
+                    out["grad"] = v
+                elif k == "signed":
+                    out["format"] = f"{'' if v else 'u'}int{changes.get('bits', 8)}"
+                elif not (k == "format" and v == "int" and "signed" in changes):
+                    out[k] = v
+            return out
+
+        def full(spec: QuantSpec) -> dict:
+            return spec_dict({f.name: getattr(spec, f.name) for f in fields(spec)})
+
+        return {"weight": full(self.weight), "input": full(self.input), "ops": list(self.ops),
+                "points": {k: spec_dict(c) for k, c in self.points}}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
 
     @classmethod
     def from_args(cls, args) -> QuantRecipe:
-        """The recipe the command-line flags describe (``args``: a namespace or fairseq config)."""
+        """The recipe ``args`` (a namespace or fairseq config) describe: the recipe saved with a checkpoint
+        (``quant_recipe_json``), else ``--quant-recipe``, else the plain flags."""
         set_quant_defaults(args)
         check_quant_args(args)
+        saved = getattr(args, "quant_recipe_json", None)
+        if saved:
+            return cls.from_dict(json.loads(saved), source="the checkpoint's quant_recipe_json")
+        if getattr(args, "quant_recipe", None):
+            return load_recipe(args.quant_recipe)
 
         def mode(q: str, m: str) -> str:
             return "quantize" if getattr(args, q) else "measure" if getattr(args, m) else "off"
@@ -164,6 +481,9 @@ class QuantRecipe:
             symmetric=args.quantw_range == "symmetric",
             per_channel=args.quantw_granularity == "channel",
             dynamic=True,  # a weight's range is its own current min/max: exact, no lag
+            format=args.formatw,
+            scaling=args.formatw_scaling,
+            rounding=args.quant_rounding,
         )
         inp = QuantSpec(
             mode=mode("quantin", "measurein"),
@@ -171,43 +491,72 @@ class QuantRecipe:
             symmetric=args.quantin_range == "symmetric",
             dynamic=args.dynamic_qparams,
             momentum=args.qparams_momentum,
+            format=args.formatin,
+            scaling=args.formatin_scaling,
+            rounding=args.quant_rounding,
+            grad_format=args.formatgrad,
         )
-        return cls(weight=weight, input=inp)
+        return cls(weight=weight, input=inp, ops=tuple(args.quantize_ops.split(",")))
 
 
-def _role(name: str) -> str:
-    return "weight" if name.endswith("weight_quant") else "probs" if name.endswith("probs_quant") else "input"
+def load_recipe(path: str) -> QuantRecipe:
+    """Read and validate the recipe file at ``path``. Raises ``RecipeError`` naming the file and the key."""
+    if not os.path.isfile(path):
+        raise RecipeError(f"--quant-recipe: no such file: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise RecipeError(f"--quant-recipe: {path} is not valid JSON: {e}") from None
+    return QuantRecipe.from_dict(data, source=path)
 
 
-def quantize_model(model: nn.Module, recipe: QuantRecipe, skip: tuple[str, ...] = ("lm_head",)) -> nn.Module:
-    """Wrap (in place) every fairseq MultiheadAttention and nn.Linear of ``model`` with quantizers for ``recipe``.
+OFF = QuantSpec()
 
-    Modules under a child named in ``skip`` stay as they are (RoBERTa's masked-LM head is not part of a
-    fine-tuned model's inference). Already-wrapped modules just get the recipe's specs. Returns ``model``.
+
+def _skipped(name: str, skip: tuple[str, ...]) -> bool:
+    return any(part in skip for part in name.split("."))
+
+
+def quantize_model(model: nn.Module, recipe: QuantRecipe, skip: tuple[str, ...] = ("lm_head",),
+                   prefix: str = "") -> nn.Module:
+    """Give ``model`` (in place) every quantization point, then set each to its spec in ``recipe``.
+
+    Points: fairseq MultiheadAttention (GEMM operands, scaled scores, softmax probabilities), nn.Linear (input,
+    weight, output), the ``activation_fn`` attribute of any module, nn.LayerNorm (input, output), fairseq's
+    transformer layers (residual sums) and nn.Embedding modules named ``embed_tokens``. Modules under a child
+    named in ``skip`` stay as they are (RoBERTa's masked-LM head is not part of a fine-tuned model).
+    Already-wrapped modules just get the recipe's specs. ``prefix``: the path of ``model`` inside the whole
+    model, for the recipe's path patterns. Returns ``model``.
     """
-    for name, module in list(model.named_modules()):
-        if any(part in skip for part in name.split(".")):
-            continue
+    modules = [(n, m) for n, m in model.named_modules() if not _skipped(n, skip)]
+    for _, module in modules:
         if isinstance(module, MultiheadAttention) and not isinstance(module, QuantizedMultiheadAttention):
-            QuantizedMultiheadAttention.wrap(module, recipe.input, recipe.weight, recipe.probs)
-    for name, module in list(model.named_modules()):
-        if any(part in skip for part in name.split(".")):
-            continue
+            QuantizedMultiheadAttention.wrap(module, OFF, OFF, OFF, OFF)
+    for name, module in modules:
         if type(module) is nn.Linear:
-            QuantizedLinear.wrap(module, recipe.input, recipe.weight)
-    apply_recipe(model, recipe)
+            QuantizedLinear.wrap(module, OFF, OFF, OFF)
+        elif type(module) is nn.LayerNorm:
+            QuantizedLayerNorm.wrap(module, OFF, OFF)
+        elif type(module) is nn.Embedding and name.split(".")[-1] == "embed_tokens":
+            QuantizedEmbedding.wrap(module, OFF)
+        else:
+            quantize_residuals(module, OFF)
+        fn = module.__dict__.get("activation_fn")
+        if callable(fn) and not isinstance(module, QuantizedActivation):
+            QuantizedActivation.wrap(module, OFF, OFF)
+    apply_recipe(model, recipe, prefix)
     return model
 
 
-def apply_recipe(model: nn.Module, recipe: QuantRecipe) -> None:
-    """Set every quantizer of ``model`` to the spec its role takes in ``recipe`` (weights, inputs, probs)."""
-    specs = {"weight": recipe.weight, "input": recipe.input, "probs": recipe.probs}
+def apply_recipe(model: nn.Module, recipe: QuantRecipe, prefix: str = "") -> None:
+    """Set every quantizer of ``model`` to its spec in ``recipe`` (``prefix``: ``model``'s path in the whole
+    model). Raises ``RecipeError`` for a spec a point cannot take."""
     for name, q in model.named_modules():
         if isinstance(q, QuantMeasure):
-            spec = specs[_role(name)]
-            if q.spec.per_channel != spec.per_channel:
-                raise ValueError(
-                    f"{name}: its ranges were built {'per channel' if q.spec.per_channel else 'per tensor'}; "
-                    f"rebuild the model to change --quantw-granularity"
-                )
-            q.set_spec(spec)
+            q.set_spec(recipe.spec_for(prefix + name, q.role, q.op))
+
+
+def point_names(model: nn.Module) -> list[tuple[str, str]]:
+    """``(path, op)`` of every quantizer of ``model``."""
+    return [(n, q.op) for n, q in model.named_modules() if isinstance(q, QuantMeasure)]

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 
 from .formats import MAX_BITS, MIN_BITS
+from .jsonfiles import read_json
 
 __all__ = ["CPTConfig", "CPTConfigError", "CyclicPrecisionScheduler", "cyclic_bits", "load_cpt_config",
            "parse_eval_bits"]
@@ -89,14 +89,7 @@ class CPTConfig:
 
 def load_cpt_config(path: str) -> CPTConfig:
     """Read and validate cfg_cpt.json at ``path``. Raises ``CPTConfigError`` naming the file and the key."""
-    if not os.path.isfile(path):
-        raise CPTConfigError(f"--cpt-config: no such file: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise CPTConfigError(f"--cpt-config: {path} is not valid JSON: {e}") from None
-    return CPTConfig.from_dict(data, source=path)
+    return CPTConfig.from_dict(read_json(path, "--cpt-config", CPTConfigError), source=path)
 
 
 def parse_eval_bits(value: str, config: CPTConfig) -> tuple[int, int]:

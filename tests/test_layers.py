@@ -11,13 +11,19 @@ HEAD = "sentence_classification_head"
 
 
 def record_calls(model):
-    """Hooks every QuantMeasure; returns the list of (name, input, output) of each call (tensors kept alive)."""
+    """Hooks every QuantMeasure; returns the list of (name, input, output) of each call of an active one (tensors
+    kept alive)."""
     calls = []
     handles = []
+
+    def record(mod, args, out, name):
+        if mod.active:
+            calls.append((name, args[0], out))
+
     for name, module in model.named_modules():
         if isinstance(module, QuantMeasure):
             handles.append(module.register_forward_hook(
-                lambda mod, args, out, name=name: calls.append((name, args[0], out))))
+                lambda mod, args, out, name=name: record(mod, args, out, name)))
     return calls, handles
 
 
@@ -25,7 +31,7 @@ def record_calls(model):
 def test_every_quantizer_fires_once_and_no_tensor_is_quantized_twice(training):
     model = tiny_model(["--quantw", "--quantin"])
     model.train(training)
-    names = [n for n, m in model.named_modules() if isinstance(m, QuantMeasure)]
+    names = [n for n, m in model.named_modules() if isinstance(m, QuantMeasure) and m.active]
     # per layer: attention input, q/k/v weights and outputs, probs, out_proj input and weight, fc1/fc2 input and
     # weight = 14; head: dense and out_proj input and weight = 4
     assert len(names) == 14 * 2 + 4
@@ -57,7 +63,7 @@ def test_measure_mode_fires_everywhere_and_changes_nothing():
     expected = ref(x, classification_head_name=HEAD)[0]
     assert len(calls) == 32
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
-    assert all(q.num_batches_tracked.item() == 1 for q in quantizers(model) if not q.spec.dynamic)
+    assert all(q.num_batches_tracked.item() == 1 for q in quantizers(model) if q.active and not q.spec.dynamic)
 
 
 def test_quantization_off_matches_fairseq_roberta_exactly():

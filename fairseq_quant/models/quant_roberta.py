@@ -23,7 +23,15 @@ from torch import nn
 
 from ..bitops import BitOpsCounter
 from ..cpt import CyclicPrecision, add_cpt_args, cpt_config_from_args, total_updates
-from ..recipe import QuantRecipe, add_quant_args, apply_recipe, check_quant_args, quantize_model, set_quant_defaults
+from ..recipe import (
+    QuantRecipe,
+    add_quant_args,
+    apply_recipe,
+    check_quant_args,
+    point_names,
+    quantize_model,
+    set_quant_defaults,
+)
 from ..schedule import CPTConfig, CPTConfigError, parse_eval_bits
 
 logger = logging.getLogger(__name__)
@@ -41,6 +49,7 @@ class QuantRobertaModel(RobertaModel):
         self.cpt: CyclicPrecision | None = None
         self._num_updates: int | None = None
         self.bitops_counter = BitOpsCounter()
+        self._points_checked = False
 
     @staticmethod
     def add_args(parser):
@@ -63,6 +72,13 @@ class QuantRobertaModel(RobertaModel):
         config = cpt_config_from_args(args)
         if config is None:
             return None
+        if getattr(args, "quant_recipe", None) or getattr(args, "quant_recipe_json", None):
+            raise CPTConfigError("--cpt-config cycles the bit widths of --bitsw/--bitsin: it cannot be combined "
+                                 "with --quant-recipe")
+        floats = [f"--{k} {getattr(args, k)}" for k in ("formatw", "formatin") if getattr(args, k, "int") != "int"]
+        if floats:
+            raise CPTConfigError(f"--cpt-config cycles integer bit widths: it cannot be combined with "
+                                 f"{' '.join(floats)}")
         if not (args.quantw or args.quantin):
             raise CPTConfigError("--cpt-config cycles the bit widths of quantized weights and inputs: it needs "
                                  "--quantw and/or --quantin")
@@ -85,6 +101,9 @@ class QuantRobertaModel(RobertaModel):
             # loads (evaluate.py, hub) without its JSON file and evaluates at the fixed precision
             args.cpt_schedule = config.to_json()
             args.bitsw, args.bitsin = parse_eval_bits(getattr(args, "cpt_eval_bits", "max"), config)
+        if getattr(args, "quant_recipe", None) and not getattr(args, "quant_recipe_json", None):
+            # saved with the checkpoint, so the model loads (evaluate.py, hub) without the recipe file
+            args.quant_recipe_json = QuantRecipe.from_args(args).to_json()
         model = super().build_model(args, task)
         quantize_model(model, model.quant_recipe)
         model.bitops_counter.attach(model)
@@ -101,7 +120,7 @@ class QuantRobertaModel(RobertaModel):
 
     def register_classification_head(self, name, num_classes=None, inner_dim=None, **kwargs):
         super().register_classification_head(name, num_classes, inner_dim, **kwargs)
-        quantize_model(self.classification_heads[name], self.quant_recipe)
+        quantize_model(self.classification_heads[name], self.quant_recipe, prefix=f"classification_heads.{name}.")
         self.bitops_counter.attach(self.classification_heads[name])
 
     def set_quant_recipe(self, recipe: QuantRecipe) -> None:
@@ -110,6 +129,11 @@ class QuantRobertaModel(RobertaModel):
         apply_recipe(self, recipe)
 
     def forward(self, *args, **kwargs):
+        if not self._points_checked:
+            # after the task has added its heads: a recipe point that names nothing is most likely a typo
+            self._points_checked = True
+            for key in self.quant_recipe.unmatched_points(point_names(self)):
+                logger.warning(f"quantization recipe: points key {key!r} matches no quantizer of this model")
         out = super().forward(*args, **kwargs)
         if self.training:
             self.bitops_counter.step(self.quant_recipe.weight, self.quant_recipe.input)
@@ -133,7 +157,7 @@ class QuantRobertaModel(RobertaModel):
         w, i = self.cpt.bits(self.training, self._num_updates)
         r = self.quant_recipe
         if (r.weight.bits, r.input.bits) != (w, i):
-            self.set_quant_recipe(QuantRecipe(weight=r.weight.replace(bits=w), input=r.input.replace(bits=i)))
+            self.set_quant_recipe(r.with_bits(w, i))
 
     @classmethod
     def from_pretrained(
