@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="estimate input ranges on N batches of --calib-split before evaluating (default 0: "
                              "use the checkpoint's recorded ranges, or the current batch's where none are recorded)")
     parser.add_argument("--calib-split", default="train", help="split used for calibration (default train)")
+    parser.add_argument("--calib-skip-padding", action="store_true",
+                        help="leave padding positions out of the calibrated activation ranges (default: counted)")
     parser.add_argument("--csv", metavar="FILE", help="append a row with the results to this CSV file")
     parser.add_argument("--tag", default="", help="a label for this run, written to the JSON line and CSV row")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
@@ -186,10 +188,13 @@ def _batches(task, split: str, batch_size: int, seed: int, model):
 
 
 @torch.no_grad()
-def calibrate(model, task, split: str, n_batches: int, batch_size: int, seed: int, device) -> int:
+def calibrate(model, task, split: str, n_batches: int, batch_size: int, seed: int, device,
+              skip_padding: bool = False) -> int:
     """Record input ranges on ``n_batches`` of ``split``: active non-dynamic quantizers are reset, measure
     (in training mode, the rest of the model in eval mode) on floating-point activations, then quantize again.
-    Returns the number of batches used."""
+    Each quantizer's estimator estimates each batch's range; the batches' ranges are averaged (running average).
+    ``skip_padding``: activations at padding positions are left out of the ranges. Returns the number of batches
+    used."""
     qs = [q for q in quantizers(model) if q.active and not q.spec.dynamic]
     if not qs:
         return 0
@@ -205,9 +210,13 @@ def calibrate(model, task, split: str, n_batches: int, batch_size: int, seed: in
         if used >= n_batches:
             break
         sample = _to(sample, device)
+        tokens = sample["net_input"]["src_tokens"]
+        for q in qs:
+            q.token_mask = tokens.ne(task.source_dictionary.pad()) if skip_padding else None
         model(**sample["net_input"], features_only=True, classification_head_name=head)
         used += 1
     for q in qs:
+        q.token_mask = None
         q.set_spec(saved[q])
         q.eval()
     return used
@@ -244,8 +253,8 @@ def evaluate(opts: argparse.Namespace) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and not opts.cpu else "cpu")
     model, task, cfg = load_model_and_task(opts)
     model.to(device).eval()
-    used = calibrate(model, task, opts.calib_split, opts.calib_batches, opts.batch_size, opts.seed, device) \
-        if opts.calib_batches > 0 else 0
+    used = calibrate(model, task, opts.calib_split, opts.calib_batches, opts.batch_size, opts.seed, device,
+                     opts.calib_skip_padding) if opts.calib_batches > 0 else 0
     preds, targets = predict(model, task, opts.split, opts.batch_size, opts.seed, device)
     if task.cfg.regression_target:
         result = regression_metrics(preds, targets)

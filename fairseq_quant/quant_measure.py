@@ -6,7 +6,18 @@ import logging
 import torch
 from torch import nn
 
-from .estimators import MIN_SCALE, current_minmax, int_qparams, running_average
+from .estimators import (
+    MIN_SCALE,
+    current_minmax,
+    expand_groups,
+    group_index,
+    group_minmax,
+    int_qparams,
+    mse_range,
+    per_dim_minmax,
+    percentile_range,
+    running_average,
+)
 from .formats import IntFormat, fake_quant_int, get_format, quantize_ste
 from .spec import QuantSpec
 
@@ -14,18 +25,25 @@ __all__ = ["QuantMeasure"]
 
 logger = logging.getLogger(__name__)
 
+# state only some specs have: per-embedding-group ranges, learned (LSQ) ranges
+_OPTIONAL_STATE = ("dim_min", "dim_max", "group_index", "lsq_scale", "lsq_zero_point", "lsq_ready")
+
 
 class QuantMeasure(nn.Module):
     """Measures the range of the tensors passing through it and, in ``quantize`` mode, fake-quantizes them.
 
-    State lives in float32 buffers (``running_min``, ``running_max``: shape ``(channels,)``) and the counter
-    ``num_batches_tracked``, so checkpoints carry it. Running ranges are updated only in training mode; in
-    evaluation mode they are used as they are — or, while nothing has been recorded yet, the current tensor's
-    range is used. Buffers stay float32 when the model is cast to fp16/bf16.
+    State lives in float32 buffers (``running_min``, ``running_max``: one range per tensor, per channel or per
+    embedding group) and the counter ``num_batches_tracked``, so checkpoints carry it; per-embedding-group points
+    also keep per-dimension ranges (``dim_min``, ``dim_max``) and the group of each dimension (``group_index``).
+    Running ranges are updated only in training mode; in evaluation mode they are used as they are — or, while
+    nothing has been recorded yet, the current tensor's range is used. Buffers stay float32 when the model is cast
+    to fp16/bf16. Each range comes from the spec's estimator (min-max, percentile, MSE-optimal).
 
     Integer grids are scaled to the range; floating-point formats are used as they are, or (``scaling="amax"``)
     scaled so the range's largest magnitude maps onto the format's largest value. With ``grad_format`` the
-    gradient flowing back through this point is rounded to that format too (amax-scaled per tensor).
+    gradient flowing back through this point is rounded to that format too (amax-scaled per tensor). With
+    ``learned`` (integer grids) the scale (and, asymmetric, the zero point) are parameters trained by gradient
+    descent (LSQ), initialised from the estimated range at the first training step.
 
     Args:
         spec: what to do (see ``QuantSpec``).
@@ -38,51 +56,86 @@ class QuantMeasure(nn.Module):
 
     def __init__(self, spec: QuantSpec, channels: int = 1, role: str = "input", op: str = "gemm"):
         super().__init__()
-        self.spec = spec
         self.role, self.op = role, op
         self.num_channels = channels
-        self.channels = channels if spec.per_channel else 1
-        self.register_buffer("running_min", torch.zeros(self.channels))
-        self.register_buffer("running_max", torch.zeros(self.channels))
+        self.spec = QuantSpec()
         self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
         self._initialized = False  # mirrors num_batches_tracked > 0 without a device sync
-
-    def set_spec(self, spec: QuantSpec) -> None:
-        """Switch to ``spec``. A change of granularity (per tensor <-> per channel) rebuilds the ranges, which
-        forgets the recorded ones (with a warning when there were any)."""
-        if spec.per_channel != self.spec.per_channel:
-            if self._initialized:
-                logger.warning("quantizer granularity changed: its recorded ranges are reset")
-            self.channels = self.num_channels if spec.per_channel else 1
-            device = self.running_min.device
-            self.running_min = torch.zeros(self.channels, device=device)
-            self.running_max = torch.zeros(self.channels, device=device)
-            self.num_batches_tracked.zero_()
-            self._initialized = False
+        self.token_mask: torch.Tensor | None = None  # (batch, time) True at real tokens, set during calibration
+        self._weight_cache = None
+        self._build_state(spec)
         self.spec = spec
 
+    # -- state --------------------------------------------------------------------------------------------------
+    def _range_size(self, spec: QuantSpec) -> int:
+        return spec.groups if spec.groups else self.num_channels if spec.per_channel else 1
+
+    def _state_layout(self, spec: QuantSpec) -> tuple:
+        return (self._range_size(spec), bool(spec.groups), spec.learned, spec.learned and not spec.symmetric)
+
+    def _build_state(self, spec: QuantSpec) -> None:
+        """(Re)create the buffers and parameters ``spec`` needs, empty."""
+        device = self.num_batches_tracked.device
+        size = self._range_size(spec)
+        self.register_buffer("running_min", torch.zeros(size, device=device))
+        self.register_buffer("running_max", torch.zeros(size, device=device))
+        for name in _OPTIONAL_STATE:
+            if hasattr(self, name):
+                delattr(self, name)
+        if spec.groups:  # sized by the embedding dimension when the first tensor arrives (or a checkpoint loads)
+            self.register_buffer("dim_min", torch.zeros(0, device=device))
+            self.register_buffer("dim_max", torch.zeros(0, device=device))
+            self.register_buffer("group_index", torch.zeros(0, dtype=torch.long, device=device))
+        if spec.learned:
+            self.lsq_scale = nn.Parameter(torch.ones(size, device=device))
+            if not spec.symmetric:
+                self.lsq_zero_point = nn.Parameter(torch.zeros(size, device=device))
+            self.register_buffer("lsq_ready", torch.zeros((), dtype=torch.bool, device=device))
+        self.num_batches_tracked.zero_()
+        self._initialized = False
+        self._weight_cache = None
+
+    def set_spec(self, spec: QuantSpec) -> None:
+        """Switch to ``spec``. A change of granularity (per tensor, per channel, embedding groups) or of learned
+        ranges rebuilds the state, which forgets the recorded ranges (with a warning when there were any)."""
+        if self._state_layout(spec) != self._state_layout(self.spec):
+            if self._initialized:
+                logger.warning("quantizer granularity changed: its recorded ranges are reset")
+            self._build_state(spec)
+        self.spec = spec
+        self._weight_cache = None
+
     def reset_ranges(self) -> None:
-        """Forget the recorded ranges (e.g. before calibration)."""
+        """Forget the recorded ranges (e.g. before calibration); learned ranges start again from the estimate."""
         self.running_min.zero_()
         self.running_max.zero_()
         self.num_batches_tracked.zero_()
+        if self.spec.groups:
+            self.dim_min, self.dim_max = self.dim_min[:0], self.dim_max[:0]
+            self.group_index = self.group_index[:0]
+        if self.spec.learned:
+            self.lsq_ready.zero_()
         self._initialized = False
+        self._weight_cache = None
 
     @property
     def active(self) -> bool:
         return self.spec.mode != "off"
 
+    # -- forward ------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spec = self.spec
         if spec.mode == "off" or x.numel() == 0:
             return x
+        if spec.groups:
+            return self._forward_groups(x)
         axis = 0 if spec.per_channel else None
         if spec.mode == "measure":
             if self.training:
-                self._record(*current_minmax(x, axis))
+                self._record(*self._estimate(x, axis))
             return x
         if spec.dynamic or self.training or not self._initialized:
-            lo, hi = current_minmax(x, axis)
+            lo, hi = self._estimate(x, axis)
             if self.training and not spec.dynamic:
                 self._record(lo, hi)
         if not spec.dynamic and self._initialized:
@@ -90,7 +143,58 @@ class QuantMeasure(nn.Module):
         if spec.grad_format is not None and self.training and x.requires_grad:
             # rounds the gradient that leaves this point (the STE passes it through the quantization unchanged)
             x = _RoundGradient.apply(x, get_format(spec.grad_format), spec.rounding)
+        if spec.learned:
+            return self._quantize_learned(x, lo, hi, axis)
         return self._quantize(x, lo, hi, axis) if spec.needs_range else self._quantize_unscaled(x)
+
+    def _estimate(self, x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The range of ``x`` by the spec's estimator (weights in evaluation: computed once per weight version)."""
+        spec = self.spec
+        if spec.estimator == "minmax":
+            return current_minmax(self._unpadded(x), axis)
+        key = (x.data_ptr(), x._version, spec) if not self.training and self.role == "weight" else None
+        if key is not None and self._weight_cache is not None and self._weight_cache[0] == key:
+            return self._weight_cache[1]
+        xs = self._unpadded(x)
+        if spec.estimator == "percentile":
+            r = percentile_range(xs, spec.percentile, axis)
+        else:
+            r = mse_range(xs, spec.bits, spec.signed, spec.symmetric,
+                          method="golden" if spec.estimator == "mse" else "grid", axis=axis)
+        if key is not None:
+            self._weight_cache = (key, r)
+        return r
+
+    def _unpadded(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` without the padded positions of the batch, where ``token_mask`` is set and x is laid out
+        (time, batch, ...) or (batch, time, ...); otherwise ``x``."""
+        mask = self.token_mask
+        if mask is None or x.dim() < 2 or self.role == "weight":
+            return x
+        if x.shape[:2] == mask.shape[::-1]:
+            return x[mask.t()]
+        if x.shape[:2] == mask.shape:
+            return x[mask]
+        return x
+
+    def _forward_groups(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-embedding-group ranges over the last dimension (PEG)."""
+        spec = self.spec
+        if self.training or not self._initialized:
+            dlo, dhi = per_dim_minmax(self._unpadded(x))
+            if self.training:
+                self._record_dims(dlo, dhi)
+            else:
+                index = group_index(dhi - dlo, spec.groups, spec.permute)
+                lo, hi = group_minmax(dlo, dhi, index, spec.groups)
+        if spec.mode == "measure":
+            return x
+        if self._initialized:
+            lo, hi, index = self.running_min, self.running_max, self.group_index
+        scale, zero_point, qmin, qmax = int_qparams(lo, hi, spec.bits, spec.signed, spec.symmetric)
+        scale = expand_groups(scale, index)
+        zero_point = None if zero_point is None else expand_groups(zero_point, index)
+        return fake_quant_int(x, scale, zero_point, qmin, qmax, axis=-1)
 
     def _quantize(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, axis: int | None) -> torch.Tensor:
         spec = self.spec
@@ -114,11 +218,34 @@ class QuantMeasure(nn.Module):
         fmt = get_format(self.spec.format)
         return quantize_ste(fmt, x.clamp(fmt.min, fmt.max), self._rounding)
 
+    def _quantize_learned(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, axis: int | None):
+        """LSQ (Esser et al., 2020; LSQ+ zero point for asymmetric grids): torch's learnable fake quantization,
+        its scale initialised from the estimated range at the first call."""
+        spec = self.spec
+        scale0, zp0, qmin, qmax = int_qparams(lo, hi, spec.bits, spec.signed, spec.symmetric)
+        if not bool(self.lsq_ready):
+            with torch.no_grad():
+                self.lsq_scale.copy_(scale0.expand_as(self.lsq_scale))
+                if zp0 is not None:
+                    self.lsq_zero_point.copy_(zp0.expand_as(self.lsq_zero_point))
+                self.lsq_ready.fill_(True)
+        scale = self.lsq_scale.clamp(min=MIN_SCALE)
+        zero_point = self.lsq_zero_point if not spec.symmetric else torch.zeros_like(scale)
+        xf = x.float()
+        grad_factor = 1.0 / (max(xf.numel() // scale.numel(), 1) * qmax) ** 0.5  # LSQ's gradient scale
+        if axis is None:
+            y = torch._fake_quantize_learnable_per_tensor_affine(xf, scale, zero_point, qmin, qmax, grad_factor)
+        else:
+            y = torch._fake_quantize_learnable_per_channel_affine(xf, scale, zero_point, axis, qmin, qmax,
+                                                                  grad_factor)
+        return y.to(x.dtype)
+
     @property
     def _rounding(self) -> str:
         # stochastic rounding is a training technique: evaluation rounds to nearest, so it is deterministic
         return self.spec.rounding if self.training else "nearest"
 
+    # -- recording ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def _record(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
         m = self.spec.momentum
@@ -127,27 +254,55 @@ class QuantMeasure(nn.Module):
         self.num_batches_tracked += 1
         self._initialized = True
 
+    @torch.no_grad()
+    def _record_dims(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Running per-dimension ranges; the groups (and, with ``permute``, which dimensions share one) follow
+        from them."""
+        spec = self.spec
+        if self.dim_min.numel() != lo.numel():
+            self.dim_min, self.dim_max = torch.zeros_like(lo), torch.zeros_like(hi)
+            self._initialized = False
+        m = spec.momentum
+        self.dim_min = running_average(self.dim_min, lo, m, self._initialized)
+        self.dim_max = running_average(self.dim_max, hi, m, self._initialized)
+        self.group_index = group_index(self.dim_max - self.dim_min, spec.groups, spec.permute)
+        glo, ghi = group_minmax(self.dim_min, self.dim_max, self.group_index, spec.groups)
+        self.running_min.copy_(glo)
+        self.running_max.copy_(ghi)
+        self.num_batches_tracked += 1
+        self._initialized = True
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A checkpoint without quantizer state (e.g. fairseq's own roberta.base) leaves this quantizer
         # initialised, as does one whose ranges have another shape (per-tensor saved, per-channel asked for).
-        for name, buf in self._buffers.items():
+        # Per-dimension state is sized by the data, so it takes the checkpoint's shape; state of another
+        # granularity (embedding groups, learned ranges) that this spec does not use is left out.
+        for name in _OPTIONAL_STATE:
+            if prefix + name in state_dict and name not in self._buffers and name not in self._parameters:
+                logger.warning(f"{prefix + name}: in the checkpoint, but this quantizer's spec does not use it: "
+                               f"left out")
+                del state_dict[prefix + name]
+        for name, tensor in list(self._buffers.items()) + list(self._parameters.items()):
             key = prefix + name
             if key not in state_dict:
                 logger.debug(f"{key}: not in the checkpoint, initialised")
-                state_dict[key] = buf
-            elif state_dict[key].shape != buf.shape:
+                state_dict[key] = tensor
+            elif name in ("dim_min", "dim_max", "group_index"):
+                setattr(self, name, torch.empty_like(state_dict[key], device=tensor.device))
+            elif state_dict[key].shape != tensor.shape:
                 logger.warning(f"{key}: shape {tuple(state_dict[key].shape)} in the checkpoint, "
-                               f"{tuple(buf.shape)} here (granularity changed): initialised")
-                state_dict[key] = buf
+                               f"{tuple(tensor.shape)} here (granularity changed): initialised")
+                state_dict[key] = tensor
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._initialized = bool(self.num_batches_tracked > 0)
+        self._weight_cache = None
 
     def _apply(self, fn, recurse=True):
-        # Casting the model to fp16/bf16 must not cast the ranges: keep buffers float32, follow the device.
+        # Casting the model to fp16/bf16 must not cast the ranges: keep them float32, follow the device.
         super()._apply(fn, recurse)
-        for name in ("running_min", "running_max"):
-            buf = getattr(self, name)
-            if buf.dtype != torch.float32:
+        for name in ("running_min", "running_max", "dim_min", "dim_max"):
+            buf = getattr(self, name, None)
+            if buf is not None and buf.dtype != torch.float32:
                 setattr(self, name, buf.float())
         return self
 
@@ -159,9 +314,11 @@ class QuantMeasure(nn.Module):
         if s.grad_format:
             grid += f", gradients {s.grad_format}"
         kind = "symmetric" if s.symmetric else "asymmetric"
-        gran = "per-channel" if s.per_channel else "per-tensor"
+        gran = (f"{s.groups} embedding groups{' (permuted)' if s.permute else ''}" if s.groups
+                else "per-channel" if s.per_channel else "per-tensor")
         ranges = "current" if s.dynamic else f"running(momentum={s.momentum})"
-        return f"{s.mode}, {grid}, {kind}, {gran}, ranges={ranges}"
+        est = "" if s.estimator == "minmax" else f", estimator={s.estimator}"
+        return f"{s.mode}, {grid}, {kind}, {gran}, ranges={ranges}{est}{', learned' if s.learned else ''}"
 
 
 class _RoundGradient(torch.autograd.Function):

@@ -15,6 +15,7 @@ import fnmatch
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 
 from fairseq.modules import MultiheadAttention
@@ -31,7 +32,7 @@ from .layers import (
     quantize_residuals,
 )
 from .quant_measure import QuantMeasure
-from .spec import MODES, SCALINGS, QuantSpec, _float_format_error
+from .spec import ESTIMATORS, MODES, SCALINGS, QuantSpec, _float_format_error
 
 __all__ = [
     "OPS",
@@ -135,6 +136,11 @@ QUANT_DEFAULTS = {
     "quant_rounding": "nearest",
     "quantize_ops": "gemm",
     "quant_recipe": None,
+    "estimatorw": "minmax",
+    "estimatorin": "minmax",
+    "percentile": 99.99,
+    "learn_ranges": False,
+    "quant_dict": None,
 }
 
 
@@ -160,6 +166,64 @@ def ops_type(value: str) -> str:
         raise argparse.ArgumentTypeError(f"invalid operation(s) {bad or value!r}: expected a comma-separated list "
                                          f"of {', '.join(OPS)}")
     return ",".join(o for o in OPS if o in ops)
+
+
+def percentile_type(value: str) -> float:
+    """argparse type for --percentile: a number in (50, 100]."""
+    try:
+        p = float(value)
+    except (TypeError, ValueError):
+        p = None
+    if p is None or not 50.0 < p <= 100.0:
+        raise argparse.ArgumentTypeError(f"invalid percentile {value!r}: expected a number in (50, 100], e.g. 99.99")
+    return p
+
+
+# --quant-dict: points whose value may be an embedding-group spec (activations with an embedding dimension)
+QUANT_DICT_ACTIVATIONS = ("x", "h", "y")
+
+
+def parse_quant_dict(value) -> list[tuple[str, dict]]:
+    """``--quant-dict`` (a Python/JSON dict literal, or a dict) -> recipe ``points`` entries.
+
+    Keys are short names (``SHORT_NAMES``); values are bit widths (2..16) or, for ``x``, ``h`` and ``y``, ``ngN``
+    (N embedding groups) or ``ngpN`` (N groups with range-based permutation), at the input bit width.
+    ``{'y': 'ngp6', 'Et': 2}`` -> ``[('y', {'groups': 6, 'permute': True}), ('Et', {'bits': 2})]``.
+    Raises ``RecipeError`` naming the key or value and the allowed ones.
+    """
+    import ast
+
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise RecipeError(f"--quant-dict: {value!r} is not a dictionary literal such as \"{{'y': 16}}\"") from None
+    if not isinstance(value, dict):
+        raise RecipeError(f"--quant-dict: expected a dictionary such as {{'y': 16, 'h': 'ng6'}}, got {value!r}")
+    points = []
+    for key, v in value.items():
+        if key not in SHORT_NAMES:
+            raise RecipeError(f"--quant-dict: unknown point {key!r}; allowed: {', '.join(SHORT_NAMES)}")
+        if isinstance(v, int) and not isinstance(v, bool) and MIN_BITS <= v <= MAX_BITS:
+            points.append((key, {"bits": v}))
+            continue
+        m = re.fullmatch(r"ng(p?)(\d+)", v) if isinstance(v, str) else None
+        if m and key in QUANT_DICT_ACTIVATIONS and int(m[2]) >= 1:
+            points.append((key, {"groups": int(m[2]), "permute": bool(m[1])}))
+            continue
+        allowed = f"an integer from {MIN_BITS} to {MAX_BITS}" + (
+            ", ngN or ngpN (N >= 1 embedding groups, p: permuted)" if key in QUANT_DICT_ACTIVATIONS else "")
+        raise RecipeError(f"--quant-dict: {key!r}: {v!r} is not a valid value; allowed: {allowed}")
+    return points
+
+
+def quant_dict_type(value: str) -> str:
+    """argparse type for --quant-dict: validated now, kept as the string given."""
+    try:
+        parse_quant_dict(value)
+    except RecipeError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--quant-dict: ")) from None
+    return value
 
 
 def recipe_file_type(value: str) -> str:
@@ -225,6 +289,21 @@ def add_quant_args(parser: argparse.ArgumentParser, defaults: bool = True, train
                    help=f"operations whose tensors --quantin/--measurein reach, comma-separated from {','.join(OPS)}: "
                         "GEMM operands, the activation function's input/output, LayerNorm input/output, the scaled "
                         "attention scores (softmax input), residual sums (default gemm)")
+    g.add_argument("--estimatorw", choices=ESTIMATORS, default=d["estimatorw"],
+                   help="weight range estimator: minmax, percentile (--percentile), mse (the clipping range with the "
+                        "least quantization error, golden-section search) or mse_grid (100 candidates) (minmax)")
+    g.add_argument("--estimatorin", choices=ESTIMATORS, default=d["estimatorin"],
+                   help="input range estimator, as --estimatorw, applied to each batch that updates the running "
+                        "range (training, or evaluate.py --calib-batches) (minmax)")
+    g.add_argument("--percentile", type=percentile_type, metavar="P", default=d["percentile"],
+                   help="the percentile estimator's P: the range is the (100-P)-th .. P-th percentile (99.99)")
+    g.add_argument("--learn-ranges", action="store_true", default=d["learn_ranges"],
+                   help="learn the scales (and asymmetric zero points) of quantized weights and inputs by gradient "
+                        "descent (LSQ), starting from the estimated ranges")
+    g.add_argument("--quant-dict", type=quant_dict_type, metavar="DICT", default=d["quant_dict"],
+                   help="mixed precision by point, e.g. \"{'y': 16, 'h': 16, 'x': 16}\" or \"{'y': 'ng6', 'h': "
+                        "'ngp6', 'Et': 2}\": bit widths, or ngN / ngpN (N embedding groups, with permutation) for "
+                        f"{', '.join(QUANT_DICT_ACTIVATIONS)}; keys {', '.join(SHORT_NAMES)}")
     g.add_argument("--quant-recipe", type=recipe_file_type, metavar="JSON", default=d["quant_recipe"],
                    help="a JSON recipe (see configs/recipes/): base weight/input specs, operations and per-point "
                         "overrides (x, h, y, P, C, Et, operation names, or path patterns); replaces the other "
@@ -248,7 +327,7 @@ def check_quant_args(args) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or not MIN_BITS <= value <= MAX_BITS:
             raise ValueError(f"--{key} must be an integer from {MIN_BITS} to {MAX_BITS}, got {value!r}")
     if getattr(args, "quant_recipe", None) or getattr(args, "quant_recipe_json", None):
-        given = [k for k in QUANT_DEFAULTS if k not in ("quant_recipe", "freeze")
+        given = [k for k in QUANT_DEFAULTS if k not in ("quant_recipe", "freeze", "quant_dict")
                  and getattr(args, k, QUANT_DEFAULTS[k]) != QUANT_DEFAULTS[k]]
         if given:
             raise ValueError(f"--quant-recipe replaces the other quantization flags; put "
@@ -265,6 +344,13 @@ def check_quant_args(args) -> None:
         ops_type(getattr(args, "quantize_ops", "gemm"))
     except argparse.ArgumentTypeError as e:
         raise ValueError(f"--quantize-ops: {e}") from None
+    if getattr(args, "estimatorin", "minmax").startswith("mse") and getattr(args, "formatin", "int") != "int" or \
+            getattr(args, "estimatorw", "minmax").startswith("mse") and getattr(args, "formatw", "int") != "int":
+        raise ValueError("--estimatorw/--estimatorin mse and mse_grid search integer grids; floating-point formats "
+                         "(--formatw/--formatin) use minmax or percentile")
+    if getattr(args, "learn_ranges", False) and "int" not in (getattr(args, "formatw", "int"),
+                                                              getattr(args, "formatin", "int")):
+        raise ValueError("--learn-ranges learns integer grids' scales; it needs --formatw or --formatin int")
 
 
 # The keys a spec takes in a recipe file or dictionary, with what they mean.
@@ -279,6 +365,11 @@ SPEC_KEYS = {
     "scaling": f"one of {', '.join(SCALINGS)} (floating-point formats)",
     "rounding": f"one of {', '.join(ROUNDINGS)}",
     "grad": "a floating-point format for the gradient, or null",
+    "estimator": f"one of {', '.join(ESTIMATORS)}",
+    "percentile": "the percentile estimator's P in (50, 100]",
+    "groups": "number of embedding groups of an activation, 0 for none",
+    "permute": "true: embedding groups of dimensions with similar ranges",
+    "learned": "true: scale and zero point learned by gradient descent (LSQ)",
 }
 RECIPE_KEYS = ("weight", "input", "ops", "points")
 
@@ -377,8 +468,13 @@ class QuantRecipe:
                 if changes.get("per_channel") and role != "weight":
                     raise RecipeError(f"points.{key}: granularity 'channel' is for weights, and {name} quantizes "
                                       f"an activation")
+                if changes.get("groups") and role == "weight":
+                    raise RecipeError(f"points.{key}: embedding groups are for activations, and {name} quantizes "
+                                      f"a weight")
                 spec = (spec if named else base).replace(**changes)
                 named = True
+        if spec.mode == "off" and (spec.learned or spec.groups):
+            spec = spec.replace(learned=False, groups=0, permute=False)  # an off point needs no parameters
         return spec
 
     def unmatched_points(self, names: list[tuple[str, str]]) -> list[str]:
@@ -410,6 +506,9 @@ class QuantRecipe:
             changes = {} if entry is None else {"mode": "quantize", **_spec_fields(entry, f"{source}: {role}")}
             if role == "input" and changes.get("per_channel"):
                 raise RecipeError(f"{source}: input.granularity: 'channel' is for weights; inputs are per tensor")
+            if changes.get("groups"):
+                raise RecipeError(f"{source}: {role}.groups: embedding groups are set per activation point; name "
+                                  f"them in points (e.g. \"y\": {{\"groups\": 6}})")
             specs[role] = base.replace(**changes)
         ops = data.get("ops", ["gemm"])
         if isinstance(ops, str):
@@ -467,10 +566,12 @@ class QuantRecipe:
         set_quant_defaults(args)
         check_quant_args(args)
         saved = getattr(args, "quant_recipe_json", None)
-        if saved:
+        if saved:  # the quant-dict points are in it already
             return cls.from_dict(json.loads(saved), source="the checkpoint's quant_recipe_json")
+        extra = tuple(parse_quant_dict(args.quant_dict)) if getattr(args, "quant_dict", None) else ()
         if getattr(args, "quant_recipe", None):
-            return load_recipe(args.quant_recipe)
+            recipe = load_recipe(args.quant_recipe)
+            return replace(recipe, points=recipe.points + extra)
 
         def mode(q: str, m: str) -> str:
             return "quantize" if getattr(args, q) else "measure" if getattr(args, m) else "off"
@@ -484,6 +585,9 @@ class QuantRecipe:
             format=args.formatw,
             scaling=args.formatw_scaling,
             rounding=args.quant_rounding,
+            estimator=args.estimatorw,
+            percentile=args.percentile,
+            learned=args.learn_ranges and args.formatw == "int",
         )
         inp = QuantSpec(
             mode=mode("quantin", "measurein"),
@@ -495,8 +599,11 @@ class QuantRecipe:
             scaling=args.formatin_scaling,
             rounding=args.quant_rounding,
             grad_format=args.formatgrad,
+            estimator=args.estimatorin,
+            percentile=args.percentile,
+            learned=args.learn_ranges and args.formatin == "int",
         )
-        return cls(weight=weight, input=inp, ops=tuple(args.quantize_ops.split(",")))
+        return cls(weight=weight, input=inp, ops=tuple(args.quantize_ops.split(",")), points=extra)
 
 
 def load_recipe(path: str) -> QuantRecipe:

@@ -5,10 +5,11 @@ from dataclasses import dataclass, replace
 
 from .formats import MAX_BITS, MIN_BITS, ROUNDINGS, IntFormat, get_format
 
-__all__ = ["MODES", "SCALINGS", "QuantSpec"]
+__all__ = ["ESTIMATORS", "MODES", "SCALINGS", "QuantSpec"]
 
 MODES = ("off", "measure", "quantize")
 SCALINGS = ("none", "amax")
+ESTIMATORS = ("minmax", "percentile", "mse", "mse_grid")
 
 
 def _float_format_error(value) -> str | None:
@@ -38,6 +39,13 @@ class QuantSpec:
     per_channel: one range per output channel (axis 0, weights) instead of one per tensor.
     dynamic: ranges from the current tensor (batch) instead of a running average.
     momentum: running average ``r <- momentum * r + (1 - momentum) * current`` (updated in training mode only).
+    estimator: how one tensor's range is estimated: ``minmax``, ``percentile`` (``percentile``-th and
+        ``100 - percentile``-th percentiles), ``mse`` (the clipping range minimising the quantization MSE, golden
+        section search) or ``mse_grid`` (the same over a grid of 100 candidates).
+    groups: per-embedding-group ranges: the last dimension split into this many groups (0: off; activations only,
+        integer grids); ``permute``: groups of dimensions with similar ranges (Bondarenko et al.'s PEG permutation)
+        instead of contiguous ones.
+    learned: the scale (and zero point) are trained by gradient descent (LSQ), initialised from the estimate.
     """
 
     mode: str = "off"
@@ -51,6 +59,11 @@ class QuantSpec:
     scaling: str = "none"
     rounding: str = "nearest"
     grad_format: str | None = None
+    estimator: str = "minmax"
+    percentile: float = 99.99
+    groups: int = 0
+    permute: bool = False
+    learned: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -68,9 +81,26 @@ class QuantSpec:
             raise ValueError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
         if self.grad_format is not None and (why := _float_format_error(self.grad_format)):
             raise ValueError(f"grad_format must be a floating-point format: {why}")
-        for name in ("signed", "symmetric", "per_channel", "dynamic"):
+        for name in ("signed", "symmetric", "per_channel", "dynamic", "permute", "learned"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)) \
+                or not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be a number in (50, 100], got {self.percentile!r}")
+        if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 0:
+            raise ValueError(f"groups must be a non-negative integer, got {self.groups!r}")
+        if self.groups and (self.per_channel or not self.is_int or self.learned):
+            raise ValueError("embedding groups are for integer grids with running or current (not learned) ranges, "
+                             "and exclude per-channel ranges")
+        if self.permute and not self.groups:
+            raise ValueError("permute reorders embedding groups: it needs groups > 0")
+        if self.estimator.startswith("mse") and not self.is_int:
+            raise ValueError(f"estimator {self.estimator!r} searches integer grids; floating-point formats use "
+                             f"minmax or percentile")
+        if self.learned and not self.is_int:
+            raise ValueError("learned ranges are for integer grids")
 
     @property
     def is_int(self) -> bool:
