@@ -25,6 +25,7 @@ setup(
         "console_scripts": [
             "fairseq-quant-evaluate=fairseq_quant.evaluate:cli_main",
             "fairseq-quant-convert-hf=fairseq_quant.convert_hf:cli_main",
+            "fairseq-quant-sensitivity=fairseq_quant.ptq.sensitivity:cli_main",
         ]
     },
 )

@@ -50,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calib-split", default="train", help="split used for calibration (default train)")
     parser.add_argument("--calib-skip-padding", action="store_true",
                         help="leave padding positions out of the calibrated activation ranges (default: counted)")
+    parser.add_argument("--adaround", action="store_true",
+                        help="round the quantized weights with AdaRound (learned up/down rounding, layer by layer on "
+                             "--adaround-batches batches of --calib-split) instead of to nearest; needs --quantw with "
+                             "a symmetric or asymmetric integer grid")
+    parser.add_argument("--adaround-batches", type=int, default=4, metavar="N",
+                        help="calibration batches whose layer inputs AdaRound fits (default 4)")
+    parser.add_argument("--adaround-iters", type=int, default=1000, metavar="N",
+                        help="AdaRound optimisation steps per layer (default 1000)")
     parser.add_argument("--csv", metavar="FILE", help="append a row with the results to this CSV file")
     parser.add_argument("--tag", default="", help="a label for this run, written to the JSON line and CSV row")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
@@ -71,6 +79,11 @@ def _check_inputs(opts: argparse.Namespace) -> None:
                                 f"(expected {os.path.join(opts.data, 'input0', split + '.idx')})")
     if opts.batch_size < 1 or opts.calib_batches < 0:
         raise EvaluateError("--batch-size must be >= 1 and --calib-batches >= 0")
+    if getattr(opts, "adaround", False) and (opts.adaround_batches < 1 or opts.adaround_iters < 1):
+        raise EvaluateError("--adaround-batches and --adaround-iters must be >= 1")
+    if getattr(opts, "adaround", False) and not os.path.isfile(
+            os.path.join(opts.data, "input0", f"{opts.calib_split}.idx")):
+        raise EvaluateError(f"--adaround fits on --calib-split {opts.calib_split!r}, which {opts.data} does not have")
 
 
 def _quant_overrides(opts: argparse.Namespace) -> dict:
@@ -255,6 +268,7 @@ def evaluate(opts: argparse.Namespace) -> dict:
     model.to(device).eval()
     used = calibrate(model, task, opts.calib_split, opts.calib_batches, opts.batch_size, opts.seed, device,
                      opts.calib_skip_padding) if opts.calib_batches > 0 else 0
+    adaround = run_adaround(model, task, opts, device) if opts.adaround else None
     preds, targets = predict(model, task, opts.split, opts.batch_size, opts.seed, device)
     if task.cfg.regression_target:
         result = regression_metrics(preds, targets)
@@ -272,8 +286,41 @@ def evaluate(opts: argparse.Namespace) -> dict:
         calib_batches=used,
         checkpoint=opts.checkpoint,
     )
+    if adaround is not None:
+        result["quant"] += "+AdaRound"
+        result["adaround_mse_ratio"] = adaround
     result["tag"] = opts.tag
     return result
+
+
+def run_adaround(model, task, opts, device) -> float:
+    """AdaRound the model's quantized weights on ``--adaround-batches`` batches of ``--calib-split`` (after the
+    input ranges are calibrated, so W4A8 fits with quantized inputs). Returns the mean over layers of the
+    reconstruction MSE of AdaRound relative to round-to-nearest."""
+    from .ptq.adaround import adaround_model
+
+    w = model.quant_recipe.weight
+    if w.mode != "quantize" or not w.is_int:
+        raise EvaluateError("--adaround rounds quantized integer weights: give --quantw (with --formatw int)")
+    task.load_dataset(opts.calib_split)
+    head = task.cfg.classification_head_name
+    batches = []
+    for sample in _batches(task, opts.calib_split, opts.batch_size, opts.seed, model):
+        if len(batches) >= opts.adaround_batches:
+            break
+        batches.append(_to(sample, device)["net_input"])
+    # layers without an active weight quantizer (e.g. an off classifier) keep their weights
+    skip = {n for n, m in model.named_modules() if getattr(m, "weight_quant", None) is not None
+            and not m.weight_quant.active}
+    try:
+        reports = adaround_model(
+            model, batches, lambda b: model(**b, features_only=True, classification_head_name=head),
+            bits=w.bits, signed=w.signed, symmetric=w.symmetric, per_channel=w.per_channel,
+            iters=opts.adaround_iters, seed=opts.seed, skip=lambda name: name in skip, log=logger.info)
+    except ValueError as e:
+        raise EvaluateError(f"--adaround: {e}") from None
+    ratios = [r["mse_adaround"] / r["mse_nearest"] for r in reports.values() if r["mse_nearest"] > 0]
+    return sum(ratios) / max(len(ratios), 1)
 
 
 def describe(recipe: QuantRecipe) -> str:

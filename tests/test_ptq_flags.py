@@ -118,3 +118,15 @@ def test_evaluate_calibrates_with_estimators_groups_and_without_padding(qat_run,
     result = json.loads([x for x in proc.stdout.splitlines() if x.startswith("{")][0])
     assert result["calib_batches"] == 2 and result["quant"] == "W8A8+points"
     assert 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_evaluate_adarounds_weights_and_reports_the_reconstruction_gain(qat_run, tiny_data):
+    ckpt = str(qat_run / "checkpoint_last.pt")
+    proc = run_evaluate("--checkpoint", ckpt, "--data", str(tiny_data), "--quantw", "--bitsw", "4", "--adaround",
+                        "--adaround-iters", "100", "--adaround-batches", "2")
+    result = json.loads([x for x in proc.stdout.splitlines() if x.startswith("{")][0])
+    assert result["quant"] == "W4A8+AdaRound"
+    assert 0.0 < result["adaround_mse_ratio"] < 1.0  # AdaRound reconstructs each layer better than nearest
+    bad = run_evaluate("--checkpoint", ckpt, "--data", str(tiny_data), "--quantw", "--formatw", "e3m2",
+                       "--adaround", check=False)
+    assert bad.returncode == 2 and "--adaround rounds quantized integer weights" in bad.stderr

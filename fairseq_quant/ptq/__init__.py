@@ -1,0 +1,1 @@
+"""Post-training quantization: offline tools over a model (calibration, AdaRound, sensitivity sweeps)."""
