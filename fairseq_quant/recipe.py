@@ -179,15 +179,18 @@ def percentile_type(value: str) -> float:
     return p
 
 
-# --quant-dict: points whose value may be an embedding-group spec (activations with an embedding dimension)
-QUANT_DICT_ACTIVATIONS = ("x", "h", "y")
+# --quant-dict: points whose value may be an embedding-group spec (activations with an embedding dimension);
+# "residual" names both residual sums of every layer (y is the FFN one)
+QUANT_DICT_ACTIVATIONS = ("x", "h", "y", "residual")
+QUANT_DICT_KEYS = tuple(SHORT_NAMES) + ("residual",)
 
 
 def parse_quant_dict(value) -> list[tuple[str, dict]]:
     """``--quant-dict`` (a Python/JSON dict literal, or a dict) -> recipe ``points`` entries.
 
-    Keys are short names (``SHORT_NAMES``); values are bit widths (2..16) or, for ``x``, ``h`` and ``y``, ``ngN``
-    (N embedding groups) or ``ngpN`` (N groups with range-based permutation), at the input bit width.
+    Keys are short names (``SHORT_NAMES``) or ``residual`` (both residual sums of every layer); values are bit
+    widths (2..16) or, for ``x``, ``h``, ``y`` and ``residual``, ``ngN`` (N embedding groups) or ``ngpN`` (N groups
+    with range-based permutation), at the input bit width.
     ``{'y': 'ngp6', 'Et': 2}`` -> ``[('y', {'groups': 6, 'permute': True}), ('Et', {'bits': 2})]``.
     Raises ``RecipeError`` naming the key or value and the allowed ones.
     """
@@ -202,8 +205,8 @@ def parse_quant_dict(value) -> list[tuple[str, dict]]:
         raise RecipeError(f"--quant-dict: expected a dictionary such as {{'y': 16, 'h': 'ng6'}}, got {value!r}")
     points = []
     for key, v in value.items():
-        if key not in SHORT_NAMES:
-            raise RecipeError(f"--quant-dict: unknown point {key!r}; allowed: {', '.join(SHORT_NAMES)}")
+        if key not in QUANT_DICT_KEYS:
+            raise RecipeError(f"--quant-dict: unknown point {key!r}; allowed: {', '.join(QUANT_DICT_KEYS)}")
         if isinstance(v, int) and not isinstance(v, bool) and MIN_BITS <= v <= MAX_BITS:
             points.append((key, {"bits": v}))
             continue
@@ -303,7 +306,7 @@ def add_quant_args(parser: argparse.ArgumentParser, defaults: bool = True, train
     g.add_argument("--quant-dict", type=quant_dict_type, metavar="DICT", default=d["quant_dict"],
                    help="mixed precision by point, e.g. \"{'y': 16, 'h': 16, 'x': 16}\" or \"{'y': 'ng6', 'h': "
                         "'ngp6', 'Et': 2}\": bit widths, or ngN / ngpN (N embedding groups, with permutation) for "
-                        f"{', '.join(QUANT_DICT_ACTIVATIONS)}; keys {', '.join(SHORT_NAMES)}")
+                        f"{', '.join(QUANT_DICT_ACTIVATIONS)}; keys {', '.join(QUANT_DICT_KEYS)}")
     g.add_argument("--quant-recipe", type=recipe_file_type, metavar="JSON", default=d["quant_recipe"],
                    help="a JSON recipe (see configs/recipes/): base weight/input specs, operations and per-point "
                         "overrides (x, h, y, P, C, Et, operation names, or path patterns); replaces the other "

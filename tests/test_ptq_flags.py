@@ -39,7 +39,7 @@ def test_quant_dict_sets_bits_and_embedding_groups_on_the_named_points():
 
 
 @pytest.mark.parametrize("value, message", [
-    ("{'z': 8}", "unknown point 'z'; allowed: x, h, y, P, C, Et"),
+    ("{'z': 8}", "unknown point 'z'; allowed: x, h, y, P, C, Et, residual"),
     ("{'y': 20}", "'y': 20 is not a valid value; allowed: an integer from 2 to 16, ngN or ngpN"),
     ("{'Et': 'ng4'}", "'Et': 'ng4' is not a valid value; allowed: an integer from 2 to 16"),
     ("{'y': 'ngq4'}", "'y': 'ngq4' is not a valid value"),
@@ -54,8 +54,11 @@ def test_bad_quant_dict_names_key_and_allowed_values(value, message, capsys):
 
 
 def test_quant_dict_entries_become_recipe_points():
-    assert parse_quant_dict("{'y': 'ngp6', 'h': 'ng3', 'Et': 2}") == [
-        ("y", {"groups": 6, "permute": True}), ("h", {"groups": 3, "permute": False}), ("Et", {"bits": 2})]
+    assert parse_quant_dict("{'y': 'ngp6', 'h': 'ng3', 'Et': 2, 'residual': 16}") == [
+        ("y", {"groups": 6, "permute": True}), ("h", {"groups": 3, "permute": False}), ("Et", {"bits": 2}),
+        ("residual", {"bits": 16})]
+    model = tiny_model(["--quantin", "--quant-dict", "{'residual': 'ngp2'}"])
+    assert points(model)[PRE + "attn_residual_quant"].spec.groups == 2
 
 
 def test_estimator_flags_reach_weights_and_inputs():

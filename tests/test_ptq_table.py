@@ -1,0 +1,25 @@
+"""scripts/ptq_table.bash as a user runs it: the PTQ/QAT table on the default task, shortened."""
+import os
+import subprocess
+
+from conftest import REPO
+
+
+def test_ptq_table_runs_every_row_on_the_default_task(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "ptq_table.bash"), "--max-update", "4", "--adaround-iters",
+                           "5", "--calib-batches", "1", "--out", str(tmp_path / "p")],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ")][2:]
+    assert [r[1] for r in rows] == ["FP32", "W8A8+residual", "W8A8+residual", "W8A8+residual+points",
+                                    "W8A8+residual+points", "W4A32", "W4A32+AdaRound", "W4A8+residual"]
+    assert all(0.0 <= float(r[2]) <= 100.0 for r in rows)
+
+
+def test_ptq_table_refuses_bad_numbers_before_running(tmp_path):
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "ptq_table.bash"), "--adaround-iters", "many", "--out",
+                           str(tmp_path / "p")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--adaround-iters must be a non-negative integer, got 'many'" in proc.stderr
+    assert not (tmp_path / "p").exists()
