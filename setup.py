@@ -20,7 +20,7 @@ setup(
         "safetensors",  # Hugging Face weights for the offline converter
         "matplotlib",  # plots of the CPT report
     ],
-    extras_require={"test": ["pytest>=7", "ruff", "transformers", "ml_dtypes", "softposit", "hypothesis"]},
+    extras_require={"test": ["pytest>=7", "ruff", "transformers", "ml_dtypes", "softposit", "hypothesis", "pytest-xdist"]},
     entry_points={
         "console_scripts": [
             "fairseq-quant-evaluate=fairseq_quant.evaluate:cli_main",

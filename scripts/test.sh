@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set-up, then the whole test suite.
+# Set-up, then the whole test suite (on every core, with pytest-xdist: most tests run fairseq in subprocesses of
+# one thread each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-python3 -m pytest -q tests "$@"
+workers=$(python3 -c "import os; print(min(os.cpu_count() or 1, 4))")
+python3 -m pytest -q -n "$workers" tests "$@"
