@@ -20,7 +20,9 @@ setup(
         "safetensors",  # Hugging Face weights for the offline converter
         "matplotlib",  # plots of the CPT report
     ],
-    extras_require={"test": ["pytest>=7", "ruff", "transformers", "ml_dtypes", "softposit", "hypothesis", "pytest-xdist"]},
+    extras_require={
+        "test": ["pytest>=7", "pytest-xdist", "ruff", "transformers", "ml_dtypes", "softposit", "hypothesis"],
+    },
     entry_points={
         "console_scripts": [
             "fairseq-quant-evaluate=fairseq_quant.evaluate:cli_main",
