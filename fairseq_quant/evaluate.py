@@ -364,8 +364,9 @@ def append_csv(path: str, result: dict) -> None:
 
 
 def cli_main(argv: list[str] | None = None) -> None:
+    # force: importing fairseq (its wav2vec2 classification module) already configured the root logger at DEBUG
     logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING,
-                        stream=sys.stderr)
+                        stream=sys.stderr, force=True)
     parser = build_parser()
     opts = parser.parse_args(argv)
     try:
