@@ -14,7 +14,7 @@
 #   --out DIR       runs go to DIR/<timestamp>-<task> (default runs/formats)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-. "$ROOT/scripts/lib.sh"  # experiment_task, finetune
+. "$ROOT/scripts/lib.sh"  # common_option, start_run, finetune, ev
 DATA=
 PRETRAINED=
 FORMATS=bf16,posit8,fp8,int8
@@ -60,13 +60,7 @@ done
 
 bash "$ROOT/scripts/setup.sh"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-experiment_task "$OUT" "$DATA" "$PRETRAINED" formats_table.bash  # DATA, NAME, MODEL_FLAGS, TASK_FLAGS, ...
-RUN=$OUT/$(date +%Y%m%d-%H%M%S)-$NAME
-mkdir -p "$RUN"
-RESULTS=$RUN/results.csv
-LOGS=()
-ev() { python3 "$ROOT/scripts/evaluate.py" --data "$DATA" --split valid --cpu --csv "$RESULTS" "$@" \
-         2>>"$RUN/evaluate.log" >/dev/null || { tail -n 5 "$RUN/evaluate.log" >&2; exit 1; }; }
+start_run "$OUT" "$DATA" "$PRETRAINED" formats_table.bash  # DATA, NAME, RUN, RESULTS, MODEL_FLAGS, TASK_FLAGS, ...
 
 finetune fp32 "$SEED"
 ev --checkpoint "$RUN/fp32-seed$SEED/checkpoint_best.pt" --tag "fp32|fine-tuned"

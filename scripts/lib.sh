@@ -103,3 +103,20 @@ finetune() {
     || { tail -n 20 "$RUN/$name-seed$seed.log" >&2; exit 1; }
   LOGS+=("$name=$RUN/$name-seed$seed.log")
 }
+
+# start_run OUT DATA PRETRAINED SCRIPT: experiment_task, then a new timestamped run folder RUN=OUT/<time>-NAME with
+# RESULTS=RUN/results.csv (evaluate.py rows), and LOGS=() for finetune.
+start_run() {
+  experiment_task "$@"
+  RUN=$1/$(date +%Y%m%d-%H%M%S)-$NAME
+  mkdir -p "$RUN"
+  RESULTS=$RUN/results.csv
+  LOGS=()
+}
+
+# ev [evaluate.py flags...]: evaluate on DATA's valid split, appending a row to RESULTS (stderr to RUN/evaluate.log);
+# stops the script when it fails.
+ev() {
+  python3 "$ROOT/scripts/evaluate.py" --data "$DATA" --split valid --cpu --csv "$RESULTS" "$@" \
+    2>>"$RUN/evaluate.log" >/dev/null || { tail -n 5 "$RUN/evaluate.log" >&2; exit 1; }
+}

@@ -14,7 +14,7 @@
 #   --out DIR         runs go to DIR/<timestamp>-<task> (default runs/ptq)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-. "$ROOT/scripts/lib.sh"  # common_option, experiment_task, finetune
+. "$ROOT/scripts/lib.sh"  # common_option, start_run, finetune, ev
 DATA=
 PRETRAINED=
 MAX_UPDATE=
@@ -44,13 +44,7 @@ done
 
 bash "$ROOT/scripts/setup.sh"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-experiment_task "$OUT" "$DATA" "$PRETRAINED" ptq_table.bash  # DATA, NAME, MODEL_FLAGS, TASK_FLAGS, ...
-RUN=$OUT/$(date +%Y%m%d-%H%M%S)-$NAME
-mkdir -p "$RUN"
-RESULTS=$RUN/results.csv
-LOGS=()
-ev() { python3 "$ROOT/scripts/evaluate.py" --data "$DATA" --split valid --cpu --csv "$RESULTS" "$@" \
-         2>>"$RUN/evaluate.log" >/dev/null || { tail -n 5 "$RUN/evaluate.log" >&2; exit 1; }; }
+start_run "$OUT" "$DATA" "$PRETRAINED" ptq_table.bash  # DATA, NAME, RUN, RESULTS, MODEL_FLAGS, TASK_FLAGS, ...
 
 finetune fp32 "$SEED"
 finetune w4a8-qat "$SEED" --quantw --bitsw 4 --quantin --bitsin 8 --learn-ranges --quantize-ops gemm,residual
