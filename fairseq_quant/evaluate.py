@@ -23,7 +23,7 @@ from omegaconf import open_dict
 from .glue import STAMP, get_task, task_metric
 from .layers import quantizers
 from .metrics import classification_metrics, regression_metrics
-from .recipe import QUANT_DEFAULTS, QuantRecipe, add_quant_args, check_quant_args
+from .recipe import QUANT_DEFAULTS, QuantRecipe, add_quant_args
 
 logger = logging.getLogger("fairseq_quant.evaluate")
 
@@ -138,8 +138,7 @@ def load_model_and_task(opts: argparse.Namespace):
             if getattr(cfg.model, key, None) is None:
                 setattr(cfg.model, key, value)
     try:
-        check_quant_args(cfg.model)
-        QuantRecipe.from_args(cfg.model)
+        QuantRecipe.from_args(cfg.model)  # checks the flags and reads the recipe, before anything is built
     except ValueError as e:
         raise EvaluateError(str(e)) from None
     task = tasks.setup_task(cfg.task)
@@ -278,7 +277,7 @@ def evaluate(opts: argparse.Namespace) -> dict:
     glue = _glue_task(opts.data)
     if glue is not None:
         result = {"task": glue, "metric": task_metric(glue)[0], **result}
-    recipe = QuantRecipe.from_args(cfg.model)
+    recipe = model.quant_recipe
     result.update(
         split=opts.split,
         n=int(len(targets)),

@@ -33,6 +33,11 @@ __all__ = [
 ]
 
 
+def _through(q: QuantMeasure | None, x: torch.Tensor) -> torch.Tensor:
+    """``x`` through the quantizer ``q``, or unchanged where the wrapper has none at that point."""
+    return x if q is None else q(x)
+
+
 def _measure(spec: QuantSpec | None, channels: int = 1, role: str = "input", op: str = "gemm") -> QuantMeasure | None:
     return None if spec is None else QuantMeasure(spec, channels, role, op)
 
@@ -69,13 +74,8 @@ class QuantizedLinear(nn.Linear):
         return linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_quant is not None:
-            x = self.input_quant(x)
-        weight = self.weight if self.weight_quant is None else self.weight_quant(self.weight)
-        y = F.linear(x, weight, self.bias)
-        if self.output_quant is not None:
-            y = self.output_quant(y)
-        return y
+        y = F.linear(_through(self.input_quant, x), _through(self.weight_quant, self.weight), self.bias)
+        return _through(self.output_quant, y)
 
 
 class QuantizedMultiheadAttention(MultiheadAttention):
@@ -127,8 +127,7 @@ class QuantizedMultiheadAttention(MultiheadAttention):
 
     def apply_sparse_mask(self, attn_weights, tgt_len: int, src_len: int, bsz: int):
         attn_weights = super().apply_sparse_mask(attn_weights, tgt_len, src_len, bsz)
-        scores_quant = getattr(self, "scores_quant", None)
-        return attn_weights if scores_quant is None else scores_quant(attn_weights)
+        return _through(getattr(self, "scores_quant", None), attn_weights)
 
     def _quantize_probs(self, module: nn.Module, args: tuple) -> tuple | None:
         if self.probs_quant is None:
@@ -178,10 +177,7 @@ class QuantizedActivation(nn.Module):
         return act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_quant is not None:
-            x = self.input_quant(x)
-        x = self.fn(x)
-        return x if self.output_quant is None else self.output_quant(x)
+        return _through(self.output_quant, self.fn(_through(self.input_quant, x)))
 
     def extra_repr(self) -> str:
         return getattr(self.fn, "__name__", type(self.fn).__name__)
@@ -206,10 +202,7 @@ class QuantizedLayerNorm(nn.LayerNorm):
         return norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_quant is not None:
-            x = self.input_quant(x)
-        x = super().forward(x)
-        return x if self.output_quant is None else self.output_quant(x)
+        return _through(self.output_quant, super().forward(_through(self.input_quant, x)))
 
 
 class QuantizedEmbedding(nn.Embedding):
@@ -227,9 +220,8 @@ class QuantizedEmbedding(nn.Embedding):
         return emb
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        weight = self.weight if self.weight_quant is None else self.weight_quant(self.weight)
-        return F.embedding(ids, weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq,
-                           self.sparse)
+        return F.embedding(ids, _through(self.weight_quant, self.weight), self.padding_idx, self.max_norm,
+                           self.norm_type, self.scale_grad_by_freq, self.sparse)
 
 
 class _QuantizedResiduals:
@@ -248,8 +240,7 @@ class _QuantizedResiduals:
         y = super().residual_connection(x, residual)
         i = self._residual_calls
         self._residual_calls += 1
-        q = getattr(self, self.residual_names[i]) if i < len(self.residual_names) else None
-        return y if q is None else q(y)
+        return _through(getattr(self, self.residual_names[i]) if i < len(self.residual_names) else None, y)
 
 
 class QuantizedTransformerEncoderLayerBase(_QuantizedResiduals, TransformerEncoderLayerBase):

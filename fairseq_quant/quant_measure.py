@@ -18,7 +18,7 @@ from .estimators import (
     percentile_range,
     running_average,
 )
-from .formats import IntFormat, fake_quant_int, get_format, quantize_ste
+from .formats import IntFormat, fake_quant_int, get_format, int_grid, quantize_ste
 from .spec import QuantSpec
 
 __all__ = ["QuantMeasure"]
@@ -207,7 +207,7 @@ class QuantMeasure(nn.Module):
         else:
             fmt = get_format(spec.format)
             amax = torch.maximum(-torch.nan_to_num(lo.float(), nan=0.0), torch.nan_to_num(hi.float(), nan=0.0))
-            scale = (amax / fmt.max).clamp(min=MIN_SCALE).reshape(-1)
+            scale = _amax_scale(amax, fmt).reshape(-1)
             zp = torch.zeros_like(scale)
         shape = (-1,) + (1,) * (x.dim() - 1) if axis is not None else ()
         scale, zp = scale.reshape(shape).to(x.dtype), zp.reshape(shape).to(x.dtype)
@@ -222,8 +222,9 @@ class QuantMeasure(nn.Module):
         """LSQ (Esser et al., 2020; LSQ+ zero point for asymmetric grids): torch's learnable fake quantization,
         its scale initialised from the estimated range at the first call."""
         spec = self.spec
-        scale0, zp0, qmin, qmax = int_qparams(lo, hi, spec.bits, spec.signed, spec.symmetric)
+        qmin, qmax = int_grid(spec.bits, spec.signed, spec.symmetric)
         if not bool(self.lsq_ready):
+            scale0, zp0, _, _ = int_qparams(lo, hi, spec.bits, spec.signed, spec.symmetric)
             with torch.no_grad():
                 self.lsq_scale.copy_(scale0.expand_as(self.lsq_scale))
                 if zp0 is not None:
@@ -321,6 +322,11 @@ class QuantMeasure(nn.Module):
         return f"{s.mode}, {grid}, {kind}, {gran}, ranges={ranges}{est}{', learned' if s.learned else ''}"
 
 
+def _amax_scale(amax: torch.Tensor, fmt) -> torch.Tensor:
+    """The scale that maps ``amax`` onto the format's largest value (positive, so dividing by it stays finite)."""
+    return (amax / fmt.max).clamp(min=MIN_SCALE)
+
+
 class _RoundGradient(torch.autograd.Function):
     """Identity forward; the gradient is rounded to ``fmt`` after scaling its largest magnitude onto ``fmt.max``
     (per tensor, as FP8 training scales E5M2 gradients)."""
@@ -334,5 +340,5 @@ class _RoundGradient(torch.autograd.Function):
     def backward(ctx, grad):
         fmt = ctx.fmt
         amax = torch.nan_to_num(grad.detach().abs().amax().float(), nan=0.0, posinf=0.0)
-        scale = (amax / fmt.max).clamp(min=MIN_SCALE).to(grad.dtype)
+        scale = _amax_scale(amax, fmt).to(grad.dtype)
         return (fmt.quantize((grad / scale).clamp(fmt.min, fmt.max), ctx.rounding) * scale), None, None
