@@ -19,6 +19,8 @@ setup(
         "tokenizers",  # WordPiece for BERT-family vocabularies (GLUE preprocessing)
         "safetensors",  # Hugging Face weights for the offline converter
         "matplotlib",  # plots of the CPT report
+        # the INT8/FP8 kernels (fairseq_quant/kernels); on the CPU they run in its interpreter (TRITON_INTERPRET=1)
+        "triton; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-xdist", "ruff", "transformers", "ml_dtypes", "softposit", "hypothesis"],
