@@ -19,6 +19,7 @@ from fairseq.modules.transformer_layer import (
 )
 from torch import nn
 
+from .kernels.int8_training import int8_linear
 from .quant_measure import QuantMeasure
 from .spec import QuantSpec
 
@@ -52,6 +53,7 @@ class QuantizedLinear(nn.Linear):
     input_quant: QuantMeasure | None
     weight_quant: QuantMeasure | None
     output_quant: QuantMeasure | None
+    int8_training: tuple[str, bool] | None = None  # (mode, stochastic): see kernels.int8_training
 
     @classmethod
     def wrap(
@@ -74,7 +76,11 @@ class QuantizedLinear(nn.Linear):
         return linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(_through(self.input_quant, x), _through(self.weight_quant, self.weight), self.bias)
+        x, w = _through(self.input_quant, x), _through(self.weight_quant, self.weight)
+        if self.int8_training is None:
+            y = F.linear(x, w, self.bias)
+        else:
+            y = int8_linear(x, w, self.bias, *self.int8_training)
         return _through(self.output_quant, y)
 
 
@@ -99,6 +105,7 @@ class QuantizedMultiheadAttention(MultiheadAttention):
     input_quant: QuantMeasure | None
     key_input_quant: QuantMeasure | None
     probs_quant: QuantMeasure | None
+    module_path: bool = False  # always take fairseq's module-by-module path (projections run other kernels)
 
     @classmethod
     def wrap(
@@ -136,7 +143,7 @@ class QuantizedMultiheadAttention(MultiheadAttention):
 
     def forward(self, query, key, value, key_padding_mask=None, incremental_state=None, need_weights=True,
                 static_kv=False, attn_mask=None, before_softmax=False, need_head_weights=False):
-        self.skip_embed_dim_check = any(q.active for q in quantizers(self))
+        self.skip_embed_dim_check = self.module_path or any(q.active for q in quantizers(self))
         same_kv = value is key
         if self.input_quant is not None:
             self_attention = key is query

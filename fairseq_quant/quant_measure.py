@@ -241,6 +241,47 @@ class QuantMeasure(nn.Module):
                                                                   grad_factor)
         return y.to(x.dtype)
 
+    @torch.no_grad()
+    def kernel_grid(self, x: torch.Tensor) -> tuple[str, torch.Tensor | None, torch.Tensor | None, float, float]:
+        """The grid this point rounds ``x`` onto in evaluation mode, for a real low-bit kernel
+        (``fairseq_quant.kernels.deploy``): ``(kind, scale, zero_point, qmin, qmax)``. Kind ``int8``: an integer
+        grid of at most 8 bits, values ``clamp(round(x / scale) + zero_point, qmin, qmax)`` (``zero_point`` None
+        on symmetric grids); kind ``fp8``: E4M3, ``x / scale`` rounded to the format (``qmax`` 448). ``scale`` has
+        one element per channel or one in all, or is ``None`` when the point takes its range from each tensor
+        (dynamic ranges of activations). Raises ValueError for grids no such kernel holds, saying why."""
+        spec = self.spec
+        if spec.mode != "quantize":
+            raise ValueError("it does not quantize (mode " + spec.mode + ")")
+        if spec.groups:
+            raise ValueError("it has per-embedding-group ranges, which an integer GEMM cannot factor out")
+        fmt = None if spec.is_int else get_format(spec.format)
+        if spec.is_int:
+            if spec.bits > 8:
+                raise ValueError(f"its grid is {spec.grid_name}; the kernels take integer grids of at most 8 bits")
+            kind, (qmin, qmax) = "int8", int_grid(spec.bits, spec.signed, spec.symmetric)
+        elif fmt.name == "fp8_e4m3":
+            kind, qmin, qmax = "fp8", -fmt.max, fmt.max
+        else:
+            raise ValueError(f"its format is {fmt.name}; the kernels take integer grids and fp8_e4m3")
+        dynamic = spec.dynamic and self.role != "weight"
+        if dynamic and (fmt is None and not spec.symmetric):
+            raise ValueError("it has dynamic asymmetric ranges; dynamic ranges run on symmetric grids")
+        if spec.learned:
+            zp = self.lsq_zero_point.detach().round() if not spec.symmetric else None
+            return kind, self.lsq_scale.detach().clamp(min=MIN_SCALE).float(), zp, qmin, qmax
+        if fmt is not None and spec.scaling != "amax":
+            return kind, torch.ones(1), None, qmin, qmax
+        if dynamic:
+            return kind, None, None, qmin, qmax
+        axis = 0 if spec.per_channel else None
+        lo, hi = (self.running_min, self.running_max) if self._initialized and not spec.dynamic \
+            else self._estimate(x, axis)
+        if fmt is None:
+            scale, zp, _, _ = int_qparams(lo, hi, spec.bits, spec.signed, spec.symmetric)
+            return kind, scale, zp, qmin, qmax
+        amax = torch.maximum(-torch.nan_to_num(lo.float(), nan=0.0), torch.nan_to_num(hi.float(), nan=0.0))
+        return kind, _amax_scale(amax, fmt).reshape(-1), None, qmin, qmax
+
     @property
     def _rounding(self) -> str:
         # stochastic rounding is a training technique: evaluation rounds to nearest, so it is deterministic

@@ -42,29 +42,31 @@ def _round_to_e4m3(t):
 
 
 @triton.jit
-def _quantize_block(x, inv_scale, qmax, offsets, seed, IS_FP8: tl.constexpr, STOCHASTIC: tl.constexpr,
-                    USE_RINT: tl.constexpr):
-    t = tl.clamp(x * inv_scale, -qmax, qmax)
+def _quantize_block(x, inv_scale, qlo, qhi, zero_point, offsets, seed, IS_FP8: tl.constexpr,
+                    STOCHASTIC: tl.constexpr, USE_RINT: tl.constexpr):
+    t = x * inv_scale
     if IS_FP8:
+        t = tl.clamp(t, qlo, qhi)
         if not USE_RINT:  # the interpreter's float32 -> e4m3 cast does not carry a round-up into the exponent
             t = _round_to_e4m3(t)
         q = t.to(tl.float8e4nv)
     else:
         if STOCHASTIC:  # floor(t + u), u ~ U[0, 1): unbiased; the noise never leaves the registers
-            q = tl.clamp(tl.floor(t + tl.rand(seed, offsets)), -qmax, qmax)
-        else:
-            q = _round_half_even(t, USE_RINT)
-        q = q.to(tl.int8)
+            r = tl.floor(t + tl.rand(seed, offsets))
+        else:  # as fake_quant_int: round, add the zero point, clamp (|t| >= 2**22 ends up clamped either way)
+            r = _round_half_even(t, USE_RINT)
+        q = tl.clamp(r + zero_point, qlo, qhi).to(tl.int8)
     return q
 
 
 @triton.jit
 def _quantize_rows_kernel(
-    x_ptr, q_ptr, scale_ptr, static_ptr, K, stride_xm, stride_qm, qmax, min_scale, seed,
+    x_ptr, q_ptr, scale_ptr, static_ptr, K, stride_xm, stride_qm, qlo, qhi, zero_point, qmax, min_scale, seed,
     STATIC: tl.constexpr, IS_FP8: tl.constexpr, STOCHASTIC: tl.constexpr, USE_RINT: tl.constexpr,
     BLOCK_K: tl.constexpr, SINGLE: tl.constexpr,
 ):
-    """One program per row: its absmax (or the static scale), then the row rounded onto the int8/fp8 grid.
+    """One program per row: its absmax (or the static scale), then the row rounded onto the int8/fp8 grid
+    ``[qlo, qhi]`` (integers: ``round(x / scale) + zero_point``; dynamic scales map the absmax onto ``qmax``).
     SINGLE (the row fits in one block): the row is read from memory once."""
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xm
@@ -77,7 +79,7 @@ def _quantize_rows_kernel(
         else:
             scale = tl.maximum(tl.max(tl.abs(x), axis=0) / qmax, min_scale)
         inv = tl.div_rn(1.0, scale)
-        q = _quantize_block(x, inv, qmax, row * K + cols, seed, IS_FP8, STOCHASTIC, USE_RINT)
+        q = _quantize_block(x, inv, qlo, qhi, zero_point, row * K + cols, seed, IS_FP8, STOCHASTIC, USE_RINT)
         tl.store(q_row + cols, q, mask=cols < K)
     else:
         if STATIC:
@@ -91,7 +93,8 @@ def _quantize_rows_kernel(
         inv = tl.div_rn(1.0, scale)
         for k0 in range(0, K, BLOCK_K):
             x = tl.load(x_row + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
-            q = _quantize_block(x, inv, qmax, row * K + k0 + cols, seed, IS_FP8, STOCHASTIC, USE_RINT)
+            q = _quantize_block(x, inv, qlo, qhi, zero_point, row * K + k0 + cols, seed, IS_FP8, STOCHASTIC,
+                                 USE_RINT)
             tl.store(q_row + k0 + cols, q, mask=k0 + cols < K)
     tl.store(scale_ptr + row, scale)
 
@@ -100,8 +103,9 @@ def _quantize_rows_kernel(
 _SINGLE_PASS_MAX = 8192
 
 
-def quantize_rows_triton(x: torch.Tensor, fp8: bool, qmax: float, static_scale: torch.Tensor | None,
-                         stochastic: bool, seed: int, min_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_rows_triton(x: torch.Tensor, fp8: bool, qlo: float, qhi: float, zero_point: float,
+                         static_scale: torch.Tensor | None, stochastic: bool, seed: int,
+                         min_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """See ``ops.quantize_rows`` (``x`` 2-D with unit stride along its rows)."""
     M, K = x.shape
     q = torch.empty((M, K), dtype=torch.float8_e4m3fn if fp8 else torch.int8, device=x.device)
@@ -112,7 +116,8 @@ def quantize_rows_triton(x: torch.Tensor, fp8: bool, qmax: float, static_scale: 
     block = triton.next_power_of_2(K) if single else 2048
     static = static_scale if static_scale is not None else scale
     _quantize_rows_kernel[(M,)](
-        x, q, scale, static, K, x.stride(0), q.stride(0), float(qmax), float(min_scale), int(seed),
+        x, q, scale, static, K, x.stride(0), q.stride(0), float(qlo), float(qhi), float(zero_point), float(qhi),
+        float(min_scale), int(seed),
         STATIC=static_scale is not None, IS_FP8=fp8, STOCHASTIC=stochastic, USE_RINT=not INTERPRET,
         BLOCK_K=block, SINGLE=single, num_warps=1 if INTERPRET else min(max(block // 256, 1), 16),
     )
@@ -137,13 +142,14 @@ def _gemm_configs() -> list:
 @triton.autotune(configs=_gemm_configs(), key=["M_KEY", "N", "K", "IS_INT"])
 @triton.jit
 def _scaled_mm_kernel(
-    a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, bias_ptr, M, N, K, M_KEY,
+    a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, M, N, K, M_KEY,
     stride_am, stride_ak, stride_bn, stride_bk, stride_cm, stride_cn,
-    IS_INT: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr,
+    IS_INT: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr, HAS_ZP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """C = epilogue(A @ B^T): A (M, K) and B (N, K) int8 (int32 accumulation) or fp8 e4m3 (float32
-    accumulation); epilogue: times a_scale[m] * b_scale[n], plus bias[n], GELU (erf), cast to C's dtype."""
+    accumulation); epilogue: minus a_zp[m] * b_sum[n] (an asymmetric A grid: b_sum = row sums of B, all int32),
+    times a_scale[m] * b_scale[n], plus bias[n], GELU (erf), cast to C's dtype."""
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -176,6 +182,8 @@ def _scaled_mm_kernel(
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
 
+    if HAS_ZP:
+        acc -= tl.load(a_zp_ptr + ram)[:, None] * tl.load(b_sum_ptr + rbn)[None, :]
     a_scale = tl.load(a_scale_ptr + ram)
     b_scale = tl.load(b_scale_ptr + rbn)
     out = acc.to(tl.float32) * a_scale[:, None] * b_scale[None, :]
@@ -188,8 +196,10 @@ def _scaled_mm_kernel(
 
 
 def scaled_mm_triton(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_scale: torch.Tensor,
-                     bias: torch.Tensor | None, gelu: bool, out_dtype: torch.dtype) -> torch.Tensor:
-    """See ``ops.scaled_mm`` (K > 0; scales already float32 vectors of length M and N)."""
+                     bias: torch.Tensor | None, gelu: bool, out_dtype: torch.dtype,
+                     a_zero_point: torch.Tensor | None, b_sum: torch.Tensor | None) -> torch.Tensor:
+    """See ``ops.scaled_mm`` (K > 0; scales float32 vectors of length M and N; zero points int32 (M,), b_sum
+    int32 (N,))."""
     M, K = a.shape
     N = b.shape[0]
     c = torch.empty((M, N), dtype=out_dtype, device=a.device)
@@ -197,9 +207,11 @@ def scaled_mm_triton(a: torch.Tensor, a_scale: torch.Tensor, b: torch.Tensor, b_
         return c
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     _scaled_mm_kernel[grid](
-        a, b, c, a_scale, b_scale, bias if bias is not None else b_scale, M, N, K, triton.next_power_of_2(M),
+        a, b, c, a_scale, b_scale, bias if bias is not None else b_scale,
+        a_zero_point if a_zero_point is not None else a_scale, b_sum if b_sum is not None else b_scale,
+        M, N, K, triton.next_power_of_2(M),
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
-        IS_INT=a.dtype == torch.int8, HAS_BIAS=bias is not None, GELU=gelu,
+        IS_INT=a.dtype == torch.int8, HAS_BIAS=bias is not None, GELU=gelu, HAS_ZP=a_zero_point is not None,
     )
     return c
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..bitops import BitOpsCounter
 from ..cpt import CyclicPrecision, add_cpt_args, cpt_config_from_args, total_updates
+from ..kernels.int8_training import add_int8_training_args, check_int8_training_args, set_int8_training
 from ..recipe import (
     QuantRecipe,
     add_quant_args,
@@ -46,6 +47,8 @@ class QuantRobertaModel(RobertaModel):
     def __init__(self, args, encoder):
         super().__init__(args, encoder)
         self.quant_recipe = QuantRecipe.from_args(args)
+        self.int8_training = (getattr(args, "int8_training", None) or "off",
+                              bool(getattr(args, "int8_stochastic_rounding", False)))
         self.cpt: CyclicPrecision | None = None
         self._num_updates: int | None = None
         self.bitops_counter = BitOpsCounter()
@@ -57,6 +60,7 @@ class QuantRobertaModel(RobertaModel):
         parser.add_argument("--layernorm-eps", type=float, metavar="EPS",
                             help="epsilon of every LayerNorm (default 1e-5, fairseq's; BERT models use 1e-12)")
         add_quant_args(parser)
+        add_int8_training_args(parser)
         add_cpt_args(parser)
 
     @classmethod
@@ -66,6 +70,7 @@ class QuantRobertaModel(RobertaModel):
         (``None`` without ``--cpt-config``)."""
         set_quant_defaults(args)
         check_quant_args(args)
+        check_int8_training_args(args)
         eps = getattr(args, "layernorm_eps", None)
         if eps is not None and eps <= 0:
             raise ValueError(f"--layernorm-eps must be positive, got {eps}")
@@ -106,6 +111,7 @@ class QuantRobertaModel(RobertaModel):
             args.quant_recipe_json = QuantRecipe.from_args(args).to_json()
         model = super().build_model(args, task)
         quantize_model(model, model.quant_recipe)
+        set_int8_training(model, *model.int8_training)
         model.bitops_counter.attach(model)
         if config is not None:
             model.cpt = CyclicPrecision(config, (args.bitsw, args.bitsin),
@@ -121,6 +127,7 @@ class QuantRobertaModel(RobertaModel):
     def register_classification_head(self, name, num_classes=None, inner_dim=None, **kwargs):
         super().register_classification_head(name, num_classes, inner_dim, **kwargs)
         quantize_model(self.classification_heads[name], self.quant_recipe, prefix=f"classification_heads.{name}.")
+        set_int8_training(self.classification_heads[name], *self.int8_training)
         self.bitops_counter.attach(self.classification_heads[name])
 
     def set_quant_recipe(self, recipe: QuantRecipe) -> None:
