@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="calibration batches whose layer inputs AdaRound fits (default 4)")
     parser.add_argument("--adaround-iters", type=int, default=1000, metavar="N",
                         help="AdaRound optimisation steps per layer (default 1000)")
+    parser.add_argument("--backend", choices=["fake", "triton"], default="fake",
+                        help="fake: fake quantization (float arithmetic on quantized values); triton: the quantized "
+                             "linear layers run in real INT8/FP8 (fairseq_quant.kernels.deploy) -- Triton kernels on a "
+                             "GPU, torch._int_mm on the CPU (default fake)")
     parser.add_argument("--csv", metavar="FILE", help="append a row with the results to this CSV file")
     parser.add_argument("--tag", default="", help="a label for this run, written to the JSON line and CSV row")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
@@ -268,6 +272,7 @@ def evaluate(opts: argparse.Namespace) -> dict:
     used = calibrate(model, task, opts.calib_split, opts.calib_batches, opts.batch_size, opts.seed, device,
                      opts.calib_skip_padding) if opts.calib_batches > 0 else 0
     adaround = run_adaround(model, task, opts, device) if opts.adaround else None
+    deployed = run_deploy(model) if opts.backend == "triton" else None
     preds, targets = predict(model, task, opts.split, opts.batch_size, opts.seed, device)
     if task.cfg.regression_target:
         result = regression_metrics(preds, targets)
@@ -285,11 +290,25 @@ def evaluate(opts: argparse.Namespace) -> dict:
         calib_batches=used,
         checkpoint=opts.checkpoint,
     )
+    result["backend"] = opts.backend
+    if deployed is not None:
+        result["deployed_layers"] = deployed
     if adaround is not None:
         result["quant"] += "+AdaRound"
         result["adaround_mse_ratio"] = adaround
     result["tag"] = opts.tag
     return result
+
+
+def run_deploy(model) -> int:
+    """``--backend triton``: the model's quantized linear layers in real INT8/FP8; returns how many."""
+    from .kernels import DeployError, deploy
+
+    try:
+        report = deploy(model)
+    except DeployError as e:
+        raise EvaluateError(f"--backend triton: {e}") from None
+    return sum(1 for r in report.values() if not r.startswith("kept"))
 
 
 def run_adaround(model, task, opts, device) -> float:

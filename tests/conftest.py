@@ -8,8 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from fairseq import options
-from fairseq_cli import preprocess
+import torch
+
+if not torch.cuda.is_available():
+    # the Triton kernels run in Triton's CPU interpreter (read when the kernels are defined, so set before any
+    # test imports them); on a GPU they are compiled
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from fairseq import options  # noqa: E402
+from fairseq_cli import preprocess  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_DIR = REPO / "fairseq_quant"
@@ -61,20 +68,22 @@ TINY_TRAIN = [
 ]
 
 
-def fairseq_train(data: Path, save_dir: Path, *flags: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run the real ``fairseq-train`` (as a subprocess, like a user) on ``data``; raises with its output on failure."""
+def fairseq_train(data: Path, save_dir: Path, *flags: str, timeout: int = 300, env: dict | None = None
+                  ) -> subprocess.CompletedProcess:
+    """Run the real ``fairseq-train`` (as a subprocess, like a user) on ``data``; raises with its output on failure.
+    ``env``: extra environment variables."""
     cmd = [sys.executable, "-m", "fairseq_cli.train", str(data), "--save-dir", str(save_dir), *TINY_TRAIN, *flags]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         raise AssertionError(f"fairseq-train failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
 
 
-def run_evaluate(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``scripts/evaluate.py`` as a user would."""
+def run_evaluate(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``scripts/evaluate.py`` as a user would (``env``: extra environment variables)."""
     cmd = [sys.executable, str(REPO / "scripts" / "evaluate.py"), *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"evaluate.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -61,27 +61,32 @@ def _quantize_block(x, inv_scale, qlo, qhi, zero_point, offsets, seed, IS_FP8: t
 
 @triton.jit
 def _quantize_rows_kernel(
-    x_ptr, q_ptr, scale_ptr, static_ptr, K, stride_xm, stride_qm, qlo, qhi, zero_point, qmax, min_scale, seed,
+    x_ptr, q_ptr, scale_ptr, static_ptr, M, K, stride_xm, stride_qm, qlo, qhi, zero_point, qmax, min_scale, seed,
     STATIC: tl.constexpr, IS_FP8: tl.constexpr, STOCHASTIC: tl.constexpr, USE_RINT: tl.constexpr,
-    BLOCK_K: tl.constexpr, SINGLE: tl.constexpr,
+    BLOCK_K: tl.constexpr, ROWS: tl.constexpr, SINGLE: tl.constexpr,
 ):
-    """One program per row: its absmax (or the static scale), then the row rounded onto the int8/fp8 grid
-    ``[qlo, qhi]`` (integers: ``round(x / scale) + zero_point``; dynamic scales map the absmax onto ``qmax``).
-    SINGLE (the row fits in one block): the row is read from memory once."""
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * stride_xm
-    q_row = q_ptr + row * stride_qm
+    """Each program takes ROWS rows: each row's absmax (or the static scale), then the rows rounded onto the
+    int8/fp8 grid ``[qlo, qhi]`` (integers: ``round(x / scale) + zero_point``; dynamic scales map the absmax
+    onto ``qmax``). SINGLE (a row fits in one block): the rows are read from memory once; otherwise ROWS is 1
+    and the row is read twice, once for its absmax."""
     cols = tl.arange(0, BLOCK_K)
     if SINGLE:
-        x = tl.load(x_row + cols, mask=cols < K, other=0.0).to(tl.float32)
+        rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+        mask = (rows[:, None] < M) & (cols[None, :] < K)
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if STATIC:
-            scale = tl.load(static_ptr)
+            scale = tl.zeros((ROWS,), dtype=tl.float32) + tl.load(static_ptr)
         else:
-            scale = tl.maximum(tl.max(tl.abs(x), axis=0) / qmax, min_scale)
-        inv = tl.div_rn(1.0, scale)
-        q = _quantize_block(x, inv, qlo, qhi, zero_point, row * K + cols, seed, IS_FP8, STOCHASTIC, USE_RINT)
-        tl.store(q_row + cols, q, mask=cols < K)
+            scale = tl.maximum(tl.max(tl.abs(x), axis=1) / qmax, min_scale)
+        inv = tl.div_rn(tl.full((ROWS,), 1.0, tl.float32), scale)
+        q = _quantize_block(x, inv[:, None], qlo, qhi, zero_point, rows[:, None] * K + cols[None, :], seed, IS_FP8,
+                            STOCHASTIC, USE_RINT)
+        tl.store(q_ptr + rows[:, None] * stride_qm + cols[None, :], q, mask=mask)
+        tl.store(scale_ptr + rows, scale, mask=rows < M)
     else:
+        row = tl.program_id(0).to(tl.int64)
+        x_row = x_ptr + row * stride_xm
+        q_row = q_ptr + row * stride_qm
         if STATIC:
             scale = tl.load(static_ptr)
         else:
@@ -94,9 +99,9 @@ def _quantize_rows_kernel(
         for k0 in range(0, K, BLOCK_K):
             x = tl.load(x_row + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
             q = _quantize_block(x, inv, qlo, qhi, zero_point, row * K + k0 + cols, seed, IS_FP8, STOCHASTIC,
-                                 USE_RINT)
+                                USE_RINT)
             tl.store(q_row + k0 + cols, q, mask=k0 + cols < K)
-    tl.store(scale_ptr + row, scale)
+        tl.store(scale_ptr + row, scale)
 
 
 # rows up to this long are quantized from registers in one read
@@ -114,12 +119,15 @@ def quantize_rows_triton(x: torch.Tensor, fp8: bool, qlo: float, qhi: float, zer
         return q, scale
     single = K <= _SINGLE_PASS_MAX
     block = triton.next_power_of_2(K) if single else 2048
+    # the interpreter pays per program: many rows each; compiled, a block of about 4096 elements per program
+    rows = 1 if not single else min(triton.next_power_of_2(M), max(1, (2**14 if INTERPRET else 4096) // block))
     static = static_scale if static_scale is not None else scale
-    _quantize_rows_kernel[(M,)](
-        x, q, scale, static, K, x.stride(0), q.stride(0), float(qlo), float(qhi), float(zero_point), float(qhi),
+    _quantize_rows_kernel[(triton.cdiv(M, rows),)](
+        x, q, scale, static, M, K, x.stride(0), q.stride(0), float(qlo), float(qhi), float(zero_point), float(qhi),
         float(min_scale), int(seed),
         STATIC=static_scale is not None, IS_FP8=fp8, STOCHASTIC=stochastic, USE_RINT=not INTERPRET,
-        BLOCK_K=block, SINGLE=single, num_warps=1 if INTERPRET else min(max(block // 256, 1), 16),
+        BLOCK_K=block, ROWS=rows, SINGLE=single,
+        num_warps=1 if INTERPRET else min(max(rows * block // 256, 1), 16),
     )
     return q, scale
 
@@ -128,7 +136,7 @@ def _gemm_configs() -> list:
     """Tile shapes for RoBERTa's GEMMs (M = batch x length from 4096 to 65536; N, K in {768, 1024, 2304, 3072,
     4096}). Large tiles for the large-M shapes, small ones so that N = 768 or M = 4096 still fills the GPU."""
     if INTERPRET:
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4,
+        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 4}, num_warps=4,
                               num_stages=1)]
     shapes = [  # BLOCK_M, BLOCK_N, BLOCK_K, warps, stages
         (128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 128, 8, 4), (128, 128, 128, 4, 4),

@@ -1,0 +1,91 @@
+"""deploy(): a calibrated fake-quantized model -> real INT8/FP8 linear layers with the same numbers; and
+evaluate.py --backend triton, as a user runs it."""
+import copy
+import json
+
+import pytest
+import torch
+from conftest import run_evaluate
+from helpers import tiny_batch, tiny_model
+
+from fairseq_quant.evaluate import cli_main
+from fairseq_quant.kernels import DeployedLinear, DeployError, deploy
+
+HEAD = "sentence_classification_head"
+FP8 = ["--formatw", "fp8_e4m3", "--formatin", "fp8_e4m3", "--formatw-scaling", "amax", "--formatin-scaling", "amax"]
+
+
+def calibrated(flags):
+    model = tiny_model(flags)
+    model.train()
+    with torch.no_grad():
+        for seed in range(3):
+            model(tiny_batch(seed=seed), features_only=True, classification_head_name=HEAD)
+    return model.eval()
+
+
+def logits(model, tokens):
+    with torch.no_grad():
+        return model(tokens, features_only=True, classification_head_name=HEAD)[0]
+
+
+@pytest.mark.parametrize("flags,kind,tol", [
+    (["--quantw", "--quantin"], "int8", 1e-5),  # default W8A8: per-channel weights, asymmetric inputs
+    (["--quantw", "--quantin", "--quantin-range", "symmetric", "--bitsw", "4"], "int8", 1e-5),  # W4A8
+    (["--quantw", "--quantin"] + FP8, "fp8", 1e-2),
+])
+@pytest.mark.parametrize("interpret", ["1", "0"])  # Triton's interpreter; the PyTorch fallback (torch._int_mm)
+def test_deployed_model_matches_its_fake_quantized_twin(flags, kind, tol, interpret, monkeypatch):
+    if interpret == "0" and torch.cuda.is_available():
+        pytest.skip("the fallback is for machines without a GPU")
+    monkeypatch.setenv("TRITON_INTERPRET", interpret)
+    model = calibrated(flags)
+    tokens = tiny_batch(batch=3, seed=9)
+    fake = logits(model, tokens)
+    deployed = copy.deepcopy(model)
+    report = deploy(deployed)
+    assert len(report) == 14 and set(report.values()) == {kind}  # 2 layers x 6 linears + the head's 2
+    layer = deployed.encoder.sentence_encoder.layers[0]
+    assert isinstance(layer.self_attn.q_proj, DeployedLinear) and layer.fc1.gelu  # GELU fused into fc1
+    assert layer.fc1.weight_q.dtype == (torch.int8 if kind == "int8" else torch.float8_e4m3fn)
+    real = logits(deployed, tokens)
+    # integer grids: the same integers, sums exact in int32; only float32 rounding of the epilogue differs.
+    # fp8: the kernel divides by the scale as x * (1 / scale), fake quantization as x / scale
+    assert (real - fake).abs().max() <= tol * fake.abs().max()
+    assert torch.equal(real.argmax(-1), fake.argmax(-1))
+
+
+def test_layers_that_cannot_run_in_int8_are_kept_and_reported():
+    model = calibrated(["--quantw", "--quantin", "--quant-dict", "{'C': 16}"])
+    report = deploy(copy.deepcopy(model))
+    head = "classification_heads.sentence_classification_head.out_proj"
+    assert report[head].startswith("kept: weight: its grid is int16")
+    assert sum(r == "int8" for r in report.values()) == 13
+
+
+def test_nothing_to_deploy_names_the_flags():
+    with pytest.raises(DeployError, match=r"its input is not quantized.*|--quantin"):
+        deploy(calibrated(["--quantw"]))
+
+
+def evaluate_json(*args, **kw):
+    proc = run_evaluate(*args, **kw)
+    return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][0])
+
+
+def test_evaluate_backend_triton_reports_the_same_metric(qat_run, tiny_data):
+    ckpt = str(qat_run / "checkpoint_last.pt")
+    common = ("--checkpoint", ckpt, "--data", str(tiny_data), "--split", "valid")
+    fake = evaluate_json(*common)
+    real = evaluate_json(*common, "--backend", "triton")  # Triton's interpreter on a CPU-only machine
+    assert fake["backend"] == "fake" and real["backend"] == "triton" and real["deployed_layers"] == 14
+    assert real["accuracy"] == fake["accuracy"] and real["n"] == fake["n"] == 64
+
+
+def test_evaluate_backend_triton_without_quantized_inputs_is_a_usage_error(qat_run, tiny_data, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(["--checkpoint", str(qat_run / "checkpoint_last.pt"), "--data", str(tiny_data), "--bitsin", "16",
+                  "--backend", "triton"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--backend triton: nothing to deploy" in err and "int16" in err
