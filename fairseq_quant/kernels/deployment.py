@@ -45,9 +45,12 @@ class DeployedLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         self.register_buffer("input_scale", None if input_scale is None else input_scale.float().reshape(1))
         self.input_qmin, self.input_qmax, self.input_zero_point = input_grid
-        # with a zero point, the int32 sums lose zero_point * (row sums of the weight): precomputed here
-        self.register_buffer("weight_sum", None if self.input_zero_point is None
-                             else weight_q.to(torch.int32).sum(1, dtype=torch.int32))
+        # with a zero point, the int32 sums lose zero_point * (row sums of the weight): precomputed here, and the
+        # zero point kept on the device
+        zp = self.input_zero_point
+        self.register_buffer("input_zero_point_i32", None if zp is None
+                             else torch.tensor([int(zp)], dtype=torch.int32, device=weight_q.device))
+        self.register_buffer("weight_sum", None if zp is None else weight_q.to(torch.int32).sum(1, dtype=torch.int32))
         self.output_quant = output_quant
         self.gelu = False
 
@@ -57,7 +60,7 @@ class DeployedLinear(nn.Module):
         q, s = quantize_rows(x.reshape(-1, shape[-1]), self.fmt, self.input_scale, self.input_qmax,
                              zero_point=zp or 0.0, qmin=self.input_qmin)
         y = scaled_mm(q, s, self.weight_q, self.weight_scale, self.bias, self.gelu, out_dtype=x.dtype,
-                      a_zero_point=zp, b_sum=self.weight_sum)
+                      a_zero_point=self.input_zero_point_i32, b_sum=self.weight_sum)
         return _through(self.output_quant, y.reshape(*shape[:-1], self.out_features))
 
     def extra_repr(self) -> str:
@@ -164,6 +167,10 @@ def deploy(model: nn.Module, fuse_gelu: bool = True) -> dict[str, str]:
     for module in model.modules():
         if isinstance(module, QuantizedMultiheadAttention):
             module.module_path = True  # fused attention would read the (now absent) float projection weights
+            projections = (module.q_proj, module.k_proj, module.v_proj)
+            if not module.encoder_decoder_attention and all(isinstance(p, DeployedLinear) for p in projections):
+                # its input feeds only these three, which round it onto the same grid themselves
+                module.input_quant = None
     fused = _fuse_gelu(model) if fuse_gelu else 0
     kept = [n for n, r in report.items() if r.startswith("kept")]
     logger.info(f"deployed {deployed} linear layers ({fused} with GELU fused); {len(kept)} kept in fake "

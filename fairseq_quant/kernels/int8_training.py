@@ -68,6 +68,11 @@ def int8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     _check_mode(mode)
     if mode == "off":
         return torch.nn.functional.linear(x, weight, bias)
+    device = x.device.type
+    if torch.is_autocast_enabled(device):  # as autocast runs F.linear: operands in its 16-bit type
+        dtype = torch.get_autocast_dtype(device)
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
     shape = x.shape
     y = _Int8Linear.apply(x.reshape(-1, shape[-1]), weight, bias, mode, stochastic)
     return y.reshape(*shape[:-1], weight.shape[0])

@@ -166,7 +166,9 @@ def scaled_mm(
     if a_zero_point is not None:
         if a.dtype != torch.int8:
             raise ValueError("a_zero_point is for int8 operands")
-        a_zero_point = torch.as_tensor(a_zero_point, device=a.device).reshape(-1).round().to(torch.int32)
+        a_zero_point = torch.as_tensor(a_zero_point, device=a.device).reshape(-1)
+        if a_zero_point.dtype != torch.int32:
+            a_zero_point = a_zero_point.round().to(torch.int32)
         if a_zero_point.numel() not in (1, M):
             raise ValueError(f"a_zero_point must have 1 or {M} elements, got {a_zero_point.numel()}")
         a_zero_point = a_zero_point.expand(M).contiguous()

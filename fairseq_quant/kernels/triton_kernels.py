@@ -147,7 +147,7 @@ def _gemm_configs() -> list:
             for m, n, k, w, s in shapes]
 
 
-@triton.autotune(configs=_gemm_configs(), key=["M_KEY", "N", "K", "IS_INT"])
+@triton.autotune(configs=_gemm_configs(), key=["M_KEY", "N", "K", "IS_INT", "HAS_BIAS", "GELU", "HAS_ZP"])
 @triton.jit
 def _scaled_mm_kernel(
     a_ptr, b_ptr, c_ptr, a_scale_ptr, b_scale_ptr, bias_ptr, a_zp_ptr, b_sum_ptr, M, N, K, M_KEY,
