@@ -85,3 +85,15 @@ def test_bad_int8_training_flags_name_the_flag(args, message):
 
     with pytest.raises(ValueError, match=message):
         check_int8_training_args(Namespace(**args))
+
+
+def test_int8_training_script_refuses_bad_modes_before_running(tmp_path):
+    import subprocess
+
+    from conftest import REPO
+
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "int8_training.bash"), "--modes", "bf16,int4", "--out",
+                           str(tmp_path / "r")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--modes takes bf16, fwd, fwd_dgrad, all, all_sr; got 'int4'" in proc.stderr
+    assert not (tmp_path / "r").exists()
