@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-from conftest import run_evaluate
 from helpers import tiny_batch, tiny_model
 
 from fairseq_quant.evaluate import cli_main
@@ -68,16 +67,17 @@ def test_nothing_to_deploy_names_the_flags():
         deploy(calibrated(["--quantw"]))
 
 
-def evaluate_json(*args, **kw):
-    proc = run_evaluate(*args, **kw)
-    return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][0])
+def evaluate_json(capsys, *argv):
+    """evaluate.py's cli_main in this process (the code path of the command, without its start-up)."""
+    cli_main(list(argv))
+    out = capsys.readouterr().out
+    return json.loads([line for line in out.splitlines() if line.startswith("{")][0])
 
 
-def test_evaluate_backend_triton_reports_the_same_metric(qat_run, tiny_data):
-    ckpt = str(qat_run / "checkpoint_last.pt")
-    common = ("--checkpoint", ckpt, "--data", str(tiny_data), "--split", "valid")
-    fake = evaluate_json(*common)
-    real = evaluate_json(*common, "--backend", "triton")  # Triton's interpreter on a CPU-only machine
+def test_evaluate_backend_triton_reports_the_same_metric(qat_run, tiny_data, capsys):
+    common = ("--checkpoint", str(qat_run / "checkpoint_last.pt"), "--data", str(tiny_data), "--split", "valid")
+    fake = evaluate_json(capsys, *common)
+    real = evaluate_json(capsys, *common, "--backend", "triton")  # Triton's interpreter on a CPU-only machine
     assert fake["backend"] == "fake" and real["backend"] == "triton" and real["deployed_layers"] == 14
     assert real["accuracy"] == fake["accuracy"] and real["n"] == fake["n"] == 64
 
