@@ -14,6 +14,10 @@ if not torch.cuda.is_available():
     # the Triton kernels run in Triton's CPU interpreter (read when the kernels are defined, so set before any
     # test imports them); on a GPU they are compiled
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # scripts/test.sh starts one xdist worker per core: a second torch thread per worker only oversubscribes the
+    # cores, which made small in-process models 10-100x slower
+    torch.set_num_threads(1)
 
 from fairseq import options  # noqa: E402
 from fairseq_cli import preprocess  # noqa: E402
