@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Experiment 1: post-training quantization sensitivity of a fine-tuned checkpoint, layer by layer: each layer's
-# q/k/v/out/fc1/fc2 weights and inputs, attention input and softmax probabilities, the token embeddings and the
-# head quantized alone, the metric drop of each against FP32 (table, CSV and heatmap).
+# q/k/v/out/fc1/fc2 weights and inputs, attention input, softmax probabilities and residual sums, the token
+# embeddings and the head quantized alone, the metric drop of each against FP32 (table, CSV and heatmap).
 #
 # Usage: bash scripts/experiment1.bash CHECKPOINT DATA [--bits 8|W,I] [--calib-batches N] [--max-sentences N]
 #                                      [--out DIR]

@@ -21,8 +21,8 @@ from fairseq_quant.quant_measure import QuantMeasure
 pytestmark = pytest.mark.filterwarnings("ignore:.pin_memory. argument is set as true")
 
 LAYER_COLUMNS = ["q W", "q A", "k W", "k A", "v W", "v A", "attn_in A", "probs A", "out W", "out A", "fc1 W", "fc1 A",
-                 "fc2 W", "fc2 A"]
-N_GROUPS = 2 * 14 + 3  # quant_roberta_tiny: 2 layers x 14 groups, token embeddings, head weights, head inputs
+                 "fc2 W", "fc2 A", "attn_res A", "y A"]
+N_GROUPS = 2 * 16 + 3  # quant_roberta_tiny: 2 layers x 16 groups, token embeddings, head weights, head inputs
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +38,12 @@ def quantizers(model) -> dict:
     return {n: q for n, q in model.named_modules() if isinstance(q, QuantMeasure)}
 
 
-def test_tiny_model_has_14_groups_per_layer_plus_embeddings_and_head():
+def test_tiny_model_has_16_groups_per_layer_plus_embeddings_and_head():
     groups = sensitivity_groups(tiny_model())
     assert len(groups) == N_GROUPS
-    assert [f"{g.component} {g.kind}" for g in groups[:14]] == LAYER_COLUMNS
-    assert [g.layer for g in groups] == [0] * 14 + [1] * 14 + ["emb", "head", "head"]
-    assert groups[14 + 1].patterns == ("encoder.sentence_encoder.layers.1.self_attn.q_proj.output_quant",)
+    assert [f"{g.component} {g.kind}" for g in groups[:16]] == LAYER_COLUMNS
+    assert [g.layer for g in groups] == [0] * 16 + [1] * 16 + ["emb", "head", "head"]
+    assert groups[16 + 1].patterns == ("encoder.sentence_encoder.layers.1.self_attn.q_proj.output_quant",)
     assert groups[-1].label == "head A" and groups[2].label == "layer 0 k W"
 
 
@@ -56,6 +56,7 @@ def test_quantizing_one_group_turns_on_only_its_quantizers_and_changes_the_outpu
         "layer 1 attn_in A": {"encoder.sentence_encoder.layers.1.self_attn.input_quant"},
         "layer 0 probs A": {"encoder.sentence_encoder.layers.0.self_attn.probs_quant"},
         "layer 0 out A": {"encoder.sentence_encoder.layers.0.self_attn.out_proj.input_quant"},
+        "layer 1 y A": {"encoder.sentence_encoder.layers.1.ffn_residual_quant"},
         "emb W": {"encoder.sentence_encoder.embed_tokens.weight_quant"},
         "head W": {"classification_heads.sentence_classification_head.dense.weight_quant",
                      "classification_heads.sentence_classification_head.out_proj.weight_quant"},
@@ -119,8 +120,8 @@ def check_outputs(out_dir, n_sentences: int) -> list[dict]:
     assert list(rows[0]) == ["layer", "component", "kind", "metric", "drop"]
     assert rows[0]["component"] == "baseline" and rows[0]["layer"] == "" and float(rows[0]["drop"]) == 0.0
     assert len(rows) == 1 + N_GROUPS
-    assert [f"{r['component']} {r['kind']}" for r in rows[1:15]] == LAYER_COLUMNS
-    assert [r["layer"] for r in rows[1:]] == ["0"] * 14 + ["1"] * 14 + ["emb", "head", "head"]
+    assert [f"{r['component']} {r['kind']}" for r in rows[1:17]] == LAYER_COLUMNS
+    assert [r["layer"] for r in rows[1:]] == ["0"] * 16 + ["1"] * 16 + ["emb", "head", "head"]
     baseline = float(rows[0]["metric"])
     for r in rows[1:]:
         assert 0.0 <= float(r["metric"]) <= 1.0
@@ -158,7 +159,7 @@ def test_fp32_baseline_equals_evaluate_and_each_row_is_one_group(fp32_checkpoint
     rows = check_outputs(tmp_path / "s", 64)
     assert float(rows[0]["metric"]) == pytest.approx(fp32["accuracy"], abs=1e-12)
     assert out.startswith("**quant_roberta_tiny on bin (valid): accuracy drop, one group at a time in W4A4")
-    assert "group 31/31 head A" in err  # progress, one line per group
+    assert "group 35/35 head A" in err  # progress, one line per group
 
 
 def test_run_sensitivity_scores_the_first_sentences_and_leaves_the_model_fp32(fp32_checkpoint, tiny_data):

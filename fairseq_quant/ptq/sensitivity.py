@@ -63,9 +63,12 @@ LAYER_POINTS = (
     ("fc1", "A", "fc1.input_quant"),
     ("fc2", "W", "fc2.weight_quant"),
     ("fc2", "A", "fc2.input_quant"),
+    # the residual sums before the post-LN LayerNorms, where the outlier dimensions live (y is the FFN one)
+    ("attn_res", "A", "attn_residual_quant"),
+    ("y", "A", "ffn_residual_quant"),
 )
-ATTENTION = ("q", "k", "v", "attn_in", "probs", "out")
-FEED_FORWARD = ("fc1", "fc2")
+ATTENTION = ("q", "k", "v", "attn_in", "probs", "out", "attn_res")
+FEED_FORWARD = ("fc1", "fc2", "y")
 # outside the layers: (layer label, component, kind, path patterns)
 OTHER_POINTS = (
     ("emb", "emb", "W", ("*embed_tokens.weight_quant",)),
@@ -81,8 +84,8 @@ CSV_COLUMNS = ("layer", "component", "kind", "metric", "drop")
 @dataclass(frozen=True)
 class Group:
     """Quantization points quantized together: ``layer`` (index, ``"emb"`` or ``"head"``), ``component`` (q, k, v,
-    out, fc1, fc2, attn_in, probs, emb, head), ``kind`` (``"W"`` weights, ``"A"`` inputs) and the glob patterns of
-    their quantizer paths (``patterns``, as a recipe's ``points`` keys)."""
+    out, fc1, fc2, attn_in, probs, attn_res, y, emb, head), ``kind`` (``"W"`` weights, ``"A"`` inputs) and the glob
+    patterns of their quantizer paths (``patterns``, as a recipe's ``points`` keys)."""
 
     layer: int | str
     component: str
@@ -102,9 +105,9 @@ def quantizer_names(model: torch.nn.Module) -> list[str]:
 
 def sensitivity_groups(model: torch.nn.Module) -> list[Group]:
     """The groups of a quant_roberta ``model`` (any encoder whose layers hold ``self_attn.{q,k,v,out}_proj`` and
-    ``fc1``/``fc2``): for each layer in order its 14 groups (``LAYER_POINTS``), then the token embeddings and the
+    ``fc1``/``fc2``): for each layer in order its 16 groups (``LAYER_POINTS``), then the token embeddings and the
     head's weights and inputs (``OTHER_POINTS``) where the model has them. Every group names at least one quantizer;
-    a 2-layer model with a head has 2 * 14 + 3 = 31."""
+    a 2-layer model with a head has 2 * 16 + 3 = 35."""
     names = quantizer_names(model)
     layers = []
     for name in names:
