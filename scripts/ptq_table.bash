@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The PTQ/QAT table (Bondarenko et al., EMNLP 2021, on this plugin): one model fine-tuned in FP32 on one task, then
 # W8A8 per-tensor PTQ, W8A8 with MSE ranges, with per-embedding-group ranges (PEG), mixed W8A{8,16}, W4A32 with
-# AdaRound (and round-to-nearest), and W4A8 QAT with learned ranges. Every activation row also quantizes the
-# residual sums before the LayerNorms (y), where the outliers live.
+# AdaRound (and round-to-nearest), and W4A8 QAT with learned ranges fine-tuned from the FP32 model. Every activation
+# row also quantizes the residual sums before the LayerNorms (y), where the outliers live.
 #
 # Usage: bash scripts/ptq_table.bash [DATA] [--pretrained minilm|HF_DIR] [--max-update N] [--lr LR] [--seed N]
 #                                    [--calib-batches N] [--adaround-iters N] [--out DIR]
@@ -47,8 +47,11 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 start_run "$OUT" "$DATA" "$PRETRAINED" ptq_table.bash  # DATA, NAME, RUN, RESULTS, MODEL_FLAGS, TASK_FLAGS, ...
 
 finetune fp32 "$SEED"
-finetune w4a8-qat "$SEED" --quantw --bitsw 4 --quantin --bitsin 8 --learn-ranges --quantize-ops gemm,residual
 FP32=$RUN/fp32-seed$SEED/checkpoint_best.pt
+# QAT starts from the fine-tuned FP32 model (its ranges estimated at the first step, then learned), for as many
+# updates again
+finetune w4a8-qat "$SEED" --quantw --bitsw 4 --quantin --bitsin 8 --learn-ranges --quantize-ops gemm,residual \
+  --restore-file "$FP32" --reset-optimizer --reset-dataloader --reset-meters --reset-lr-scheduler
 A8=(--quantw --quantin --quantw-granularity tensor --quantize-ops gemm,residual --calib-batches "$CALIB")
 ev --checkpoint "$FP32" --tag "FP32"
 ev --checkpoint "$FP32" --tag "W8A8 PTQ, per-tensor min-max" "${A8[@]}"
