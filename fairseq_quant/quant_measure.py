@@ -134,15 +134,19 @@ class QuantMeasure(nn.Module):
             if self.training:
                 self._record(*self._estimate(x, axis))
             return x
+        if spec.grad_format is not None and self.training and x.requires_grad:
+            # rounds the gradient that leaves this point (the STE passes it through the quantization unchanged)
+            x = _RoundGradient.apply(x, get_format(spec.grad_format), spec.rounding)
+        if spec.learned and bool(self.lsq_ready):
+            # the learned scale has replaced the estimate: no estimator runs (an MSE search each step made QAT
+            # 3x slower)
+            return self._quantize_learned(x, None, None, axis)
         if spec.dynamic or self.training or not self._initialized:
             lo, hi = self._estimate(x, axis)
             if self.training and not spec.dynamic:
                 self._record(lo, hi)
         if not spec.dynamic and self._initialized:
             lo, hi = self.running_min, self.running_max
-        if spec.grad_format is not None and self.training and x.requires_grad:
-            # rounds the gradient that leaves this point (the STE passes it through the quantization unchanged)
-            x = _RoundGradient.apply(x, get_format(spec.grad_format), spec.rounding)
         if spec.learned:
             return self._quantize_learned(x, lo, hi, axis)
         return self._quantize(x, lo, hi, axis) if spec.needs_range else self._quantize_unscaled(x)

@@ -89,6 +89,23 @@ def test_learned_ranges_start_from_the_estimate_and_train():
     assert not torch.equal(q.lsq_scale.detach(), first)
 
 
+def test_learned_ranges_run_the_estimator_only_to_start(monkeypatch):
+    model = tiny_model(["--quantw", "--quantin", "--bitsw", "4", "--bitsin", "8", "--learn-ranges",
+                        "--estimatorin", "mse_grid"]).train()
+    calls = []
+    estimate = QuantMeasure._estimate
+    monkeypatch.setattr(QuantMeasure, "_estimate", lambda self, x, axis: calls.append(self) or estimate(self, x, axis))
+    model(tiny_batch(), classification_head_name=HEAD)[0].sum().backward()
+    started = len(calls)
+    assert started > 0
+    q = points(model)[PRE + "fc1.input_quant"]
+    scale = q.lsq_scale.detach().clone()
+    for _ in range(2):
+        model(tiny_batch(), classification_head_name=HEAD)[0].sum().backward()
+    assert len(calls) == started  # afterwards the learned scales alone set the grid
+    assert torch.equal(q.lsq_scale.detach(), scale)  # no optimizer step: the same grid as at the start
+
+
 def test_calibration_can_leave_padding_out():
     q = QuantMeasure(QuantSpec(mode="measure")).train()
     x = torch.zeros(3, 2, 4)  # (time, batch, dim), as inside fairseq's encoder
