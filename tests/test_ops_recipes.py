@@ -15,6 +15,7 @@ from helpers import tiny_batch, tiny_model
 from fairseq_quant import QuantMeasure, QuantSpec
 from fairseq_quant.checkpoint import load_checkpoint
 from fairseq_quant.formats import get_format
+from fairseq_quant.layers import QuantizedMultiheadAttention
 from fairseq_quant.recipe import QuantRecipe, RecipeError
 
 HEAD = "sentence_classification_head"
@@ -137,6 +138,13 @@ def test_all_ops_changes_the_output_and_measure_mode_does_not():
     torch.manual_seed(0)
     out = measured(x, classification_head_name=HEAD)[0]
     plain = tiny_model([]).train()
+    torch.manual_seed(0)
+    # active measurers send attention through fairseq's module-by-module path, whose kernels may round the last
+    # bit differently from the fused one (seen on some CPUs): bit for bit against the plain model on that path
+    torch.testing.assert_close(out, plain(x, classification_head_name=HEAD)[0], rtol=0, atol=1e-6)
+    for module in plain.modules():
+        if isinstance(module, QuantizedMultiheadAttention):
+            module.module_path = True
     torch.manual_seed(0)
     torch.testing.assert_close(out, plain(x, classification_head_name=HEAD)[0], rtol=0, atol=0)
     assert not torch.equal(ref, gemm)
