@@ -140,7 +140,7 @@ class QuantMeasure(nn.Module):
         if spec.learned and bool(self.lsq_ready):
             # the learned scale has replaced the estimate: no estimator runs (an MSE search each step made QAT
             # 3x slower)
-            return self._quantize_learned(x, None, None, axis)
+            return self._quantize_learned(x, axis)
         if spec.dynamic or self.training or not self._initialized:
             lo, hi = self._estimate(x, axis)
             if self.training and not spec.dynamic:
@@ -148,7 +148,8 @@ class QuantMeasure(nn.Module):
         if not spec.dynamic and self._initialized:
             lo, hi = self.running_min, self.running_max
         if spec.learned:
-            return self._quantize_learned(x, lo, hi, axis)
+            self._start_learned(lo, hi)
+            return self._quantize_learned(x, axis)
         return self._quantize(x, lo, hi, axis) if spec.needs_range else self._quantize_unscaled(x)
 
     def _estimate(self, x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,18 +223,21 @@ class QuantMeasure(nn.Module):
         fmt = get_format(self.spec.format)
         return quantize_ste(fmt, x.clamp(fmt.min, fmt.max), self._rounding)
 
-    def _quantize_learned(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, axis: int | None):
-        """LSQ (Esser et al., 2020; LSQ+ zero point for asymmetric grids): torch's learnable fake quantization,
-        its scale initialised from the estimated range at the first call."""
+    @torch.no_grad()
+    def _start_learned(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Initialise the learned scale (and zero point) from the estimated range ``lo``..``hi``."""
+        spec = self.spec
+        scale0, zp0, _, _ = int_qparams(lo, hi, spec.bits, spec.signed, spec.symmetric)
+        self.lsq_scale.copy_(scale0.expand_as(self.lsq_scale))
+        if zp0 is not None:
+            self.lsq_zero_point.copy_(zp0.expand_as(self.lsq_zero_point))
+        self.lsq_ready.fill_(True)
+
+    def _quantize_learned(self, x: torch.Tensor, axis: int | None):
+        """LSQ (Esser et al., 2020; LSQ+ zero point for asymmetric grids): torch's learnable fake quantization
+        with the learned scale (``_start_learned`` set it first)."""
         spec = self.spec
         qmin, qmax = int_grid(spec.bits, spec.signed, spec.symmetric)
-        if not bool(self.lsq_ready):
-            scale0, zp0, _, _ = int_qparams(lo, hi, spec.bits, spec.signed, spec.symmetric)
-            with torch.no_grad():
-                self.lsq_scale.copy_(scale0.expand_as(self.lsq_scale))
-                if zp0 is not None:
-                    self.lsq_zero_point.copy_(zp0.expand_as(self.lsq_zero_point))
-                self.lsq_ready.fill_(True)
         scale = self.lsq_scale.clamp(min=MIN_SCALE)
         zero_point = self.lsq_zero_point if not spec.symmetric else torch.zeros_like(scale)
         xf = x.float()
