@@ -31,6 +31,7 @@ import torch
 __all__ = [
     "int_grid",
     "fake_quant_int",
+    "int_values",
     "ROUNDINGS",
     "round_int",
     "round_minifloat",
@@ -111,6 +112,27 @@ def fake_quant_int(
         scale = scale.reshape(())
         zero_point = None if zero_point is None else zero_point.reshape(())
     return _FakeQuantInt.apply(xf, scale, zero_point, qmin, qmax).to(out_dtype)
+
+
+def int_values(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor | None,
+    qmin: int,
+    qmax: int,
+    axis: int | None = None,
+) -> torch.Tensor:
+    """The integers ``fake_quant_int`` rounds ``x`` to: ``clamp(round_half_even(x * (1 / scale)) + zero_point, qmin,
+    qmax)``, float32 (integer-valued), ``x``'s shape; ``scale`` and ``zero_point`` as in ``fake_quant_int``.
+    ``int_values(torch.tensor([0.26, -1.0]), torch.tensor([0.1]), None, -127, 127)`` is ``[3., -10.]``."""
+    xf = x.detach().float()
+    shape = [1] * x.dim()
+    if axis is not None:
+        shape[axis] = -1
+    t = (xf * scale.float().reshape(shape if axis is not None else ()).reciprocal()).round()
+    if zero_point is not None:
+        t = t + zero_point.float().reshape(shape if axis is not None else ())
+    return t.clamp(qmin, qmax)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -21,12 +22,43 @@ from .estimators import (
 from .formats import IntFormat, fake_quant_int, get_format, int_grid, quantize_ste
 from .spec import QuantSpec
 
-__all__ = ["QuantMeasure"]
+__all__ = ["QParams", "QuantMeasure"]
 
 logger = logging.getLogger(__name__)
 
 # state only some specs have: per-embedding-group ranges, learned (LSQ) ranges
 _OPTIONAL_STATE = ("dim_min", "dim_max", "group_index", "lsq_scale", "lsq_zero_point", "lsq_ready")
+
+
+@dataclass(frozen=True)
+class QParams:
+    """The grid one quantization point rounds a tensor onto in evaluation mode (``QuantMeasure.eval_qparams``).
+
+    format: ``int``, or the floating-point format's name (``fp8_e4m3``, ``posit8_1``, ...).
+    scale, zero_point: float32 tensors of one element (per tensor) or one per slice along ``axis``; the zero point
+        is integer-valued, ``None`` where it is 0. ``scale`` is ``None`` where the range comes from each tensor at
+        run time (``source`` ``dynamic`` or ``uncalibrated``).
+    qmin, qmax: the grid's ends: integers ``clamp(round_half_even(x * (1 / scale)) + zero_point, qmin, qmax)``, the
+        value ``(q - zero_point) * scale`` (``formats.fake_quant_int``); floating-point formats round
+        ``clamp(x / scale, qmin, qmax)`` to the format, times ``scale``.
+    axis: ``None`` (per tensor), ``0`` (per output channel of a weight) or ``-1`` (per embedding dimension: the
+        groups of per-embedding-group ranges expanded to their dimensions).
+    source: ``static`` (recorded, calibrated, learned or the weight's own range), ``dynamic`` (from each tensor,
+        by its spec) or ``uncalibrated`` (no range recorded yet: each tensor's own, until one is).
+    """
+
+    format: str
+    scale: torch.Tensor | None
+    zero_point: torch.Tensor | None
+    qmin: float
+    qmax: float
+    axis: int | None
+    source: str
+
+    @property
+    def bits(self) -> int:
+        """Bits of an integer grid: the fewest that hold ``qmin .. qmax``."""
+        return int(self.qmax - self.qmin).bit_length()
 
 
 class QuantMeasure(nn.Module):
@@ -250,45 +282,43 @@ class QuantMeasure(nn.Module):
         return y.to(x.dtype)
 
     @torch.no_grad()
-    def kernel_grid(self, x: torch.Tensor) -> tuple[str, torch.Tensor | None, torch.Tensor | None, float, float]:
-        """The grid this point rounds ``x`` onto in evaluation mode, for a real low-bit kernel
-        (``fairseq_quant.kernels.deploy``): ``(kind, scale, zero_point, qmin, qmax)``. Kind ``int8``: an integer
-        grid of at most 8 bits, values ``clamp(round(x / scale) + zero_point, qmin, qmax)`` (``zero_point`` None
-        on symmetric grids); kind ``fp8``: E4M3, ``x / scale`` rounded to the format (``qmax`` 448). ``scale`` has
-        one element per channel or one in all, or is ``None`` when the point takes its range from each tensor
-        (dynamic ranges of activations). Raises ValueError for grids no such kernel holds, saying why."""
+    def eval_qparams(self, x: torch.Tensor | None = None) -> QParams:
+        """What this point does to a tensor in evaluation mode, for a backend that executes it (ONNX Q/DQ,
+        INT8/FP8 kernels): the grid and its scale and zero point, exactly those the fake quantization uses.
+
+        ``x``: the tensor, needed where the range comes from it (weights: their own min-max, percentile or MSE
+        range). Activations with recorded (running, calibrated) or learned ranges need none. Raises ValueError,
+        saying why, for a point that does not quantize."""
         spec = self.spec
         if spec.mode != "quantize":
-            raise ValueError("it does not quantize (mode " + spec.mode + ")")
-        if spec.groups:
-            raise ValueError("it has per-embedding-group ranges, which an integer GEMM cannot factor out")
+            raise ValueError(f"it does not quantize (mode {spec.mode})")
         fmt = None if spec.is_int else get_format(spec.format)
-        if spec.is_int:
-            if spec.bits > 8:
-                raise ValueError(f"its grid is {spec.grid_name}; the kernels take integer grids of at most 8 bits")
-            kind, (qmin, qmax) = "int8", int_grid(spec.bits, spec.signed, spec.symmetric)
-        elif fmt.name == "fp8_e4m3":
-            kind, qmin, qmax = "fp8", -fmt.max, fmt.max
-        else:
-            raise ValueError(f"its format is {fmt.name}; the kernels take integer grids and fp8_e4m3")
-        dynamic = spec.dynamic and self.role != "weight"
-        if dynamic and (fmt is None and not spec.symmetric):
-            raise ValueError("it has dynamic asymmetric ranges; dynamic ranges run on symmetric grids")
-        if spec.learned:
-            zp = self.lsq_zero_point.detach().round() if not spec.symmetric else None
-            return kind, self.lsq_scale.detach().clamp(min=MIN_SCALE).float(), zp, qmin, qmax
-        if fmt is not None and spec.scaling != "amax":
-            return kind, torch.ones(1), None, qmin, qmax
-        if dynamic:
-            return kind, None, None, qmin, qmax
+        qmin, qmax = int_grid(spec.bits, spec.signed, spec.symmetric) if fmt is None else (fmt.min, fmt.max)
+        name = "int" if fmt is None else fmt.name
+        if spec.groups:
+            if not self._initialized:
+                return QParams(name, None, None, qmin, qmax, -1, "uncalibrated")
+            scale, zp, _, _ = int_qparams(self.running_min, self.running_max, spec.bits, spec.signed, spec.symmetric)
+            return QParams(name, expand_groups(scale, self.group_index),
+                           None if zp is None else expand_groups(zp, self.group_index), qmin, qmax, -1, "static")
         axis = 0 if spec.per_channel else None
-        lo, hi = (self.running_min, self.running_max) if self._initialized and not spec.dynamic \
-            else self._estimate(x, axis)
+        if spec.learned and bool(self.lsq_ready):
+            # torch's learnable fake quantization rounds the zero point to the nearest integer in the grid
+            zp = None if spec.symmetric else self.lsq_zero_point.detach().round().clamp(qmin, qmax).float()
+            return QParams(name, self.lsq_scale.detach().clamp(min=MIN_SCALE).float(), zp, qmin, qmax, axis, "static")
+        if not spec.needs_range:
+            return QParams(name, torch.ones(1, device=self.running_min.device), None, qmin, qmax, None, "static")
+        if not spec.dynamic and self._initialized:
+            lo, hi = self.running_min, self.running_max
+        elif self.role == "weight" and x is not None:
+            lo, hi = self._estimate(x, axis)
+        else:
+            return QParams(name, None, None, qmin, qmax, axis, "dynamic" if spec.dynamic else "uncalibrated")
         if fmt is None:
             scale, zp, _, _ = int_qparams(lo, hi, spec.bits, spec.signed, spec.symmetric)
-            return kind, scale, zp, qmin, qmax
+            return QParams(name, scale, zp, qmin, qmax, axis, "static")
         amax = torch.maximum(-torch.nan_to_num(lo.float(), nan=0.0), torch.nan_to_num(hi.float(), nan=0.0))
-        return kind, _amax_scale(amax, fmt).reshape(-1), None, qmin, qmax
+        return QParams(name, _amax_scale(amax, fmt).reshape(-1), None, qmin, qmax, axis, "static")
 
     @property
     def _rounding(self) -> str:

@@ -44,6 +44,7 @@ __all__ = [
     "add_quant_args",
     "apply_recipe",
     "check_quant_args",
+    "describe",
     "load_recipe",
     "quantize_model",
 ]
@@ -607,6 +608,24 @@ class QuantRecipe:
             learned=args.learn_ranges and args.formatin == "int",
         )
         return cls(weight=weight, input=inp, ops=tuple(args.quantize_ops.split(",")), points=extra)
+
+
+def describe(recipe: QuantRecipe) -> str:
+    """Short name of a recipe: ``W8A8``, ``W4A32``, ``FP32``, ``W:fp8_e4m3 A:posit8_1``, with ``+act,norm`` for
+    the operations beyond GEMMs and ``+points`` when a recipe names points."""
+    def name(spec):
+        if spec.mode != "quantize":
+            return "32"
+        return str(spec.bits) if spec.is_int else ":" + spec.grid_name
+
+    w, a = name(recipe.weight), name(recipe.input)
+    text = "FP32" if w == a == "32" else f"W{w}A{a}" if ":" not in w + a else f"W{w} A{a}"
+    extra = [o for o in recipe.ops if o != "gemm"]
+    if extra and recipe.input.mode == "quantize":
+        text += "+" + ",".join(extra)
+    if recipe.points:
+        text += "+points"
+    return text
 
 
 def load_recipe(path: str) -> QuantRecipe:

@@ -42,7 +42,7 @@ def test_deployed_model_matches_its_fake_quantized_twin(flags, kind, tol, interp
     tokens = tiny_batch(batch=3, seed=9)
     fake = logits(model, tokens)
     deployed = copy.deepcopy(model)
-    report = deploy(deployed)
+    report = deploy(deployed, cpu_reference=interpret == "0")
     assert len(report) == 14 and set(report.values()) == {kind}  # 2 layers x 6 linears + the head's 2
     layer = deployed.encoder.sentence_encoder.layers[0]
     assert isinstance(layer.self_attn.q_proj, DeployedLinear) and layer.fc1.gelu  # GELU fused into fc1

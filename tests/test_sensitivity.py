@@ -14,6 +14,7 @@ from conftest import REPO, fairseq_train
 from helpers import tiny_batch, tiny_model
 
 from fairseq_quant import evaluate
+from fairseq_quant.loader import load_model_and_task
 from fairseq_quant.ptq import sensitivity
 from fairseq_quant.ptq.sensitivity import Group, recipe_for, sensitivity_groups
 from fairseq_quant.quant_measure import QuantMeasure
@@ -163,8 +164,7 @@ def test_fp32_baseline_equals_evaluate_and_each_row_is_one_group(fp32_checkpoint
 
 
 def test_run_sensitivity_scores_the_first_sentences_and_leaves_the_model_fp32(fp32_checkpoint, tiny_data):
-    opts = evaluate.build_parser().parse_args(["--checkpoint", fp32_checkpoint, "--data", str(tiny_data)])
-    model, task, _ = evaluate.load_model_and_task(opts)
+    model, task, _ = load_model_and_task(fp32_checkpoint, str(tiny_data))
     model.eval()
     name, metric_fn = sensitivity.metric_for(str(tiny_data), regression=False)
     assert name == "accuracy"

@@ -19,7 +19,7 @@ from fairseq.modules.gelu import gelu as fairseq_gelu
 from torch import nn
 
 from ..layers import QuantizedActivation, QuantizedLinear, QuantizedMultiheadAttention, _through
-from .ops import quantize_rows, scaled_mm
+from .ops import quantize_rows, scaled_mm, uses_triton
 
 __all__ = ["DeployError", "DeployedLinear", "deploy"]
 
@@ -82,6 +82,32 @@ def _input_quantizer(name: str, linear: QuantizedLinear, parents: dict) -> nn.Mo
     return None
 
 
+def kernel_grid(q, x: torch.Tensor | None = None) -> tuple[str, torch.Tensor | None, torch.Tensor | None, float,
+                                                           float]:
+    """The grid the quantizer ``q`` rounds ``x`` onto in evaluation mode, as the kernels take it: ``(kind, scale,
+    zero_point, qmin, qmax)``. Kind ``int8``: an integer grid of at most 8 bits, values ``clamp(round(x / scale) +
+    zero_point, qmin, qmax)`` (``zero_point`` None on symmetric grids); kind ``fp8``: E4M3, ``x / scale`` rounded to
+    the format (``qmax`` 448). ``scale`` has one element per channel or one in all, or is ``None`` when the point
+    takes its range from each tensor (dynamic ranges of activations). Raises ValueError for grids no such kernel
+    holds, saying why."""
+    p = q.eval_qparams(x)
+    if p.axis == -1:
+        raise ValueError("it has per-embedding-group ranges, which an integer GEMM cannot factor out")
+    if p.format == "int":
+        if q.spec.bits > 8:
+            raise ValueError(f"its grid is {q.spec.grid_name}; the kernels take integer grids of at most 8 bits")
+        kind = "int8"
+    elif p.format == "fp8_e4m3":
+        kind = "fp8"
+    else:
+        raise ValueError(f"its format is {p.format}; the kernels take integer grids and fp8_e4m3")
+    if p.scale is None and kind == "int8" and not q.spec.symmetric:
+        raise ValueError("it has dynamic asymmetric ranges; dynamic ranges run on symmetric grids")
+    if p.scale is None and p.source == "uncalibrated":
+        raise ValueError("it has recorded no ranges: calibrate it first")
+    return kind, p.scale, p.zero_point, p.qmin, p.qmax
+
+
 def _quantize_weight(w: torch.Tensor, kind: str, scale: torch.Tensor, qmax: float) -> torch.Tensor:
     """The weight on the weight quantizer's own grid (as ``fake_quant_int`` / the float path round it)."""
     scale = scale.to(w.device).reshape(-1, 1)
@@ -99,13 +125,13 @@ def _deploy_linear(linear: QuantizedLinear, input_quant) -> DeployedLinear | str
     if input_quant is None or not input_quant.active:
         return "its input is not quantized"
     try:
-        w_kind, w_scale, w_zp, w_qmin, w_qmax = wq.kernel_grid(linear.weight)
+        w_kind, w_scale, w_zp, w_qmin, w_qmax = kernel_grid(wq, linear.weight)
         if w_zp is not None or w_qmin != -w_qmax:
             raise ValueError("it is asymmetric; the kernels take symmetric signed weight grids")
     except ValueError as e:
         return f"weight: {e}"
     try:
-        kind, scale, zp, qmin, qmax = input_quant.kernel_grid(linear.weight.new_zeros(0))
+        kind, scale, zp, qmin, qmax = kernel_grid(input_quant)
     except ValueError as e:
         return f"input: {e}"
     if w_kind != kind:
@@ -141,12 +167,25 @@ def _fuse_gelu(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def deploy(model: nn.Module, fuse_gelu: bool = True) -> dict[str, str]:
+def deploy(model: nn.Module, fuse_gelu: bool = True, cpu_reference: bool = False) -> dict[str, str]:
     """Turn ``model`` (in place, put in evaluation mode) into one whose quantized linear layers run in real INT8
     or FP8 with the calibrated scales (see the module docstring). Call it after calibration (or on a model whose
-    checkpoint carries its ranges). Returns ``{layer name: "int8" | "fp8" | "kept: <reason>"}``; raises
+    checkpoint carries its ranges).
+
+    The kernels are Triton's (a GPU, or its interpreter with ``TRITON_INTERPRET=1``). On a CPU the only other
+    INT8 path is ``torch._int_mm``, 25-40x slower than an FP32 matmul there: so a CPU model is left in fake
+    quantization, with a warning that names the CPU's fast path (ONNX Runtime: ``fairseq-quant-export``,
+    ``evaluate.py --backend onnxruntime``), unless ``cpu_reference`` asks for that PyTorch reference path (tests,
+    benchmarks). Returns ``{layer name: "int8" | "fp8" | "kept: <reason>"}``; raises
     DeployError when no layer can be deployed."""
     model.eval()
+    probe = next(model.parameters(), None)
+    if probe is not None and not uses_triton(probe) and not cpu_reference:
+        logger.warning("deploy: no GPU (nor TRITON_INTERPRET=1): the CPU's INT8 fallback, torch._int_mm, is 25-40x "
+                       "slower than FP32, so the model keeps its fake quantization; for real INT8 speed on a CPU "
+                       "export it to ONNX Runtime (fairseq-quant-export, or evaluate.py --backend onnxruntime)")
+        return {n: "kept: no GPU for the kernels (use ONNX Runtime on a CPU)" for n, m in model.named_modules()
+                if isinstance(m, QuantizedLinear)}
     parents = {f"{pname}.{cname}" if pname else cname: (parent, cname)
                for pname, parent in model.named_modules() for cname, _ in parent.named_children()}
     report, deployed = {}, 0

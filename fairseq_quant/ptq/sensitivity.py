@@ -26,11 +26,10 @@ import numpy as np
 import torch
 from fairseq.data import BaseWrapperDataset
 
-from .. import evaluate
-from ..glue import task_metric
-from ..metrics import classification_metrics, regression_metrics
+from ..loader import LoadError, check_data_paths, glue_task, load_model_and_task, official_metric, predict, score
 from ..quant_measure import QuantMeasure
 from ..recipe import QuantRecipe, bits_type
+from .calibrate import calibrate
 
 __all__ = [
     "Group",
@@ -167,17 +166,15 @@ def metric_for(data: str, regression: bool) -> tuple[str, Callable[[np.ndarray, 
     """The metric evaluate.py reports as the task's: the official GLUE metric for data made by
     ``fairseq_quant.glue`` (``glue_task.json``: mcc for CoLA, f1 for MRPC ...), otherwise accuracy, or Pearson
     correlation for regression. Returns ``(name, fn)`` with ``fn(preds, targets) -> fraction``."""
-    glue = evaluate._glue_task(data)
-    name = task_metric(glue)[0] if glue else "pearson" if regression else "accuracy"
-    metrics = regression_metrics if regression else classification_metrics
-    return name, lambda preds, targets: metrics(preds, targets)[name]
+    name = official_metric(data, regression)
+    return name, lambda preds, targets: score(preds, targets, regression)[name]
 
 
 def run_sensitivity(model, task, *, weight_bits: int, input_bits: int, calib_batches: int, batch_size: int,
                     split: str, calib_split: str, seed: int, device: torch.device,
                     metric_fn: Callable[[np.ndarray, np.ndarray], float], max_sentences: int | None = None,
                     groups: list[Group] | None = None) -> list[dict]:
-    """Quantize each group of ``model`` (a quant_roberta from ``evaluate.load_model_and_task``, on ``device`` in
+    """Quantize each group of ``model`` (a quant_roberta from ``loader.load_model_and_task``, on ``device`` in
     eval mode) alone at ``weight_bits``/``input_bits``, calibrate its input ranges on ``calib_batches`` batches of
     ``calib_split`` and score ``split`` (its first ``max_sentences`` sentences, or all) with ``metric_fn``.
 
@@ -191,7 +188,9 @@ def run_sensitivity(model, task, *, weight_bits: int, input_bits: int, calib_bat
         task = _FirstSentences(task, split, max_sentences)
 
     def score() -> tuple[float, int]:
-        preds, targets = evaluate.predict(model, task, split, batch_size, seed, device)
+        head = task.cfg.classification_head_name
+        preds, targets, _ = predict(lambda t: model(t, features_only=True, classification_head_name=head)[0], task,
+                                    split, batch_size, seed, model.max_positions(), device)
         return float(metric_fn(preds, targets)), len(targets)
 
     try:
@@ -202,7 +201,7 @@ def run_sensitivity(model, task, *, weight_bits: int, input_bits: int, calib_bat
             start = time.perf_counter()
             model.set_quant_recipe(recipe_for(group, weight_bits, input_bits))
             if calib_batches > 0:
-                evaluate.calibrate(model, task, calib_split, calib_batches, batch_size, seed, device)
+                calibrate(model, task, calib_split, calib_batches, batch_size, seed, device)
             metric, n = score()
             rows.append(dict(layer=group.layer, component=group.component, kind=group.kind, metric=metric,
                              drop=baseline - metric, seconds=time.perf_counter() - start, n=n))
@@ -364,10 +363,9 @@ def cli_main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     opts = parser.parse_args(argv)
     try:
-        evaluate._check_inputs(opts)
-        model, task, cfg = evaluate.load_model_and_task(argparse.Namespace(checkpoint=opts.checkpoint,
-                                                                           data=opts.data))
-    except evaluate.EvaluateError as e:
+        check_data_paths(opts.checkpoint, opts.data, [opts.split] + ([opts.calib_split] if opts.calib_batches else []))
+        model, task, cfg = load_model_and_task(opts.checkpoint, opts.data)
+    except LoadError as e:
         parser.error(str(e))
     out = opts.out or os.path.dirname(os.path.abspath(opts.checkpoint))
     os.makedirs(out, exist_ok=True)
@@ -378,7 +376,7 @@ def cli_main(argv: list[str] | None = None) -> None:
                            calib_batches=opts.calib_batches, batch_size=opts.batch_size, split=opts.split,
                            calib_split=opts.calib_split, seed=opts.seed, device=device, metric_fn=metric_fn,
                            max_sentences=opts.max_sentences)
-    glue = evaluate._glue_task(opts.data)
+    glue = glue_task(opts.data)
     sentences = f"first {opts.max_sentences} sentences of " if opts.max_sentences else ""
     title = (f"{cfg.model.arch} on {glue or os.path.basename(os.path.normpath(opts.data))} "
              f"({sentences}{opts.split}): {metric_name} drop, one group at a time in W{opts.bitsw}A{opts.bitsin}, "
