@@ -17,10 +17,11 @@ is a Q/DQ pair (activations) or an integer constant and a DequantizeLinear (weig
 - FP8 (``fp8_e4m3``, ``fp8_e5m2``): float8 zero points (opset 19), saturating.
 
 In PyTorch an ``OnnxPoint`` rounds with its ``QParams`` (``fake_quantize``), which equals the QuantMeasure's own
-evaluation bit for bit. ONNX's QuantizeLinear divides by the scale; the fake quantization multiplies by its reciprocal. The two differ in
-the last bit of a few quotients, which moves a value across a rounding boundary about once in 10^5-10^6 values.
-Everything else (posits, other minifloats, ranges taken from each batch, uncalibrated ranges) has no exact Q/DQ
-form and is refused (``ExportError`` naming the point).
+evaluation bit for bit. ONNX's QuantizeLinear divides integer grids' inputs by the scale, the fake quantization
+multiplies them by its reciprocal: the two differ in the last bit of a few quotients, which moves a value across a
+rounding boundary about once in 10^5-10^6 values (FP8 divides in both). Everything else (posits, other
+minifloats, ranges taken from each batch, uncalibrated ranges) has no exact Q/DQ form and is refused
+(``ExportError`` naming the point).
 """
 from __future__ import annotations
 
