@@ -166,13 +166,12 @@ class _QDQ(torch.autograd.Function):
         if point._weight_values is not None:  # a constant: its integers, dequantized
             stored = _constant(g, point._weight_values)
             return g.op(dq_op, stored, scale, zero_point, **kw)
-        for bound, op in ((c["low"], "Max"), (c["high"], "Min")):
-            if bound is None:
-                continue
-            if axis is None:
-                x = g.op("Clip", x, *_clip_bounds(g, bound, op))
-            else:  # per embedding dimension (the last axis): broadcast
-                x = g.op(op, x, g.op("Constant", value_t=bound.float()))
+        if axis is None and (c["low"] is not None or c["high"] is not None):
+            x = g.op("Clip", x, _scalar(g, c["low"], -1), _scalar(g, c["high"], 1))
+        elif axis is not None:  # per embedding dimension (the last axis): bounds broadcast over it
+            for bound, op in ((c["low"], "Max"), (c["high"], "Min")):
+                if bound is not None:
+                    x = g.op(op, x, g.op("Constant", value_t=bound.float()))
         q = g.op(q_op, x, scale, zero_point, **kw)
         return g.op(dq_op, q, scale, zero_point, **kw)
 
@@ -219,10 +218,10 @@ def wide_qdq_to_standard(model) -> int:
     return changed
 
 
-def _clip_bounds(g, bound: torch.Tensor, op: str):
-    inf = torch.tensor(float("inf"))
-    low, high = (bound, inf) if op == "Max" else (-inf, bound)
-    return g.op("Constant", value_t=low.float().reshape(())), g.op("Constant", value_t=high.float().reshape(()))
+def _scalar(g, bound: torch.Tensor | None, sign: int):
+    """A float32 scalar constant: ``bound``, or +-inf where there is none."""
+    value = torch.tensor(sign * float("inf")) if bound is None else bound.float().reshape(())
+    return g.op("Constant", value_t=value)
 
 
 def onnx_point(name: str, quantizer: QuantMeasure, weight: torch.Tensor | None = None) -> OnnxPoint:
