@@ -157,7 +157,7 @@ def evaluate(opts: argparse.Namespace) -> dict:
     result.update(
         split=opts.split,
         n=int(len(targets)),
-        quant=describe(recipe) if not opts.onnx else "as exported",
+        quant=describe(recipe) if not opts.onnx else getattr(logits_of, "quant", None) or "as exported",
         calib_batches=used,
         checkpoint=opts.checkpoint,
     )
@@ -237,7 +237,7 @@ def run_adaround(model, task, opts, device) -> float:
 
 
 CSV_COLUMNS = ("tag", "task", "metric", "accuracy", "f1", "mcc", "pearson", "spearman", "quant", "calib_batches",
-               "split", "n", "checkpoint")
+               "split", "n", "checkpoint", "backend", "ms_per_batch")
 
 
 def append_csv(path: str, result: dict) -> None:

@@ -31,10 +31,11 @@ __all__ = [
     "QuantizedMultiheadAttention",
     "quantize_residuals",
     "quantizers",
+    "through",
 ]
 
 
-def _through(q: QuantMeasure | None, x: torch.Tensor) -> torch.Tensor:
+def through(q: QuantMeasure | None, x: torch.Tensor) -> torch.Tensor:
     """``x`` through the quantizer ``q``, or unchanged where the wrapper has none at that point."""
     return x if q is None else q(x)
 
@@ -76,12 +77,12 @@ class QuantizedLinear(nn.Linear):
         return linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, w = _through(self.input_quant, x), _through(self.weight_quant, self.weight)
+        x, w = through(self.input_quant, x), through(self.weight_quant, self.weight)
         if self.int8_training is None:
             y = F.linear(x, w, self.bias)
         else:
             y = int8_linear(x, w, self.bias, *self.int8_training)
-        return _through(self.output_quant, y)
+        return through(self.output_quant, y)
 
 
 class QuantizedMultiheadAttention(MultiheadAttention):
@@ -134,7 +135,7 @@ class QuantizedMultiheadAttention(MultiheadAttention):
 
     def apply_sparse_mask(self, attn_weights, tgt_len: int, src_len: int, bsz: int):
         attn_weights = super().apply_sparse_mask(attn_weights, tgt_len, src_len, bsz)
-        return _through(getattr(self, "scores_quant", None), attn_weights)
+        return through(getattr(self, "scores_quant", None), attn_weights)
 
     def _quantize_probs(self, module: nn.Module, args: tuple) -> tuple | None:
         if self.probs_quant is None:
@@ -184,7 +185,7 @@ class QuantizedActivation(nn.Module):
         return act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _through(self.output_quant, self.fn(_through(self.input_quant, x)))
+        return through(self.output_quant, self.fn(through(self.input_quant, x)))
 
     def extra_repr(self) -> str:
         return getattr(self.fn, "__name__", type(self.fn).__name__)
@@ -209,7 +210,7 @@ class QuantizedLayerNorm(nn.LayerNorm):
         return norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _through(self.output_quant, super().forward(_through(self.input_quant, x)))
+        return through(self.output_quant, super().forward(through(self.input_quant, x)))
 
 
 class QuantizedEmbedding(nn.Embedding):
@@ -227,7 +228,7 @@ class QuantizedEmbedding(nn.Embedding):
         return emb
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, _through(self.weight_quant, self.weight), self.padding_idx, self.max_norm,
+        return F.embedding(ids, through(self.weight_quant, self.weight), self.padding_idx, self.max_norm,
                            self.norm_type, self.scale_grad_by_freq, self.sparse)
 
 
@@ -247,7 +248,7 @@ class _QuantizedResiduals:
         y = super().residual_connection(x, residual)
         i = self._residual_calls
         self._residual_calls += 1
-        return _through(getattr(self, self.residual_names[i]) if i < len(self.residual_names) else None, y)
+        return through(getattr(self, self.residual_names[i]) if i < len(self.residual_names) else None, y)
 
 
 class QuantizedTransformerEncoderLayerBase(_QuantizedResiduals, TransformerEncoderLayerBase):

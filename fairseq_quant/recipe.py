@@ -32,7 +32,7 @@ from .layers import (
     quantize_residuals,
 )
 from .quant_measure import QuantMeasure
-from .spec import ESTIMATORS, MODES, SCALINGS, QuantSpec, _float_format_error
+from .spec import ESTIMATORS, MODES, SCALINGS, QuantSpec, float_format_error
 
 __all__ = [
     "OPS",
@@ -147,7 +147,7 @@ QUANT_DEFAULTS = {
 
 def float_format_type(value: str) -> str:
     """argparse type for --formatgrad: a floating-point format name."""
-    why = _float_format_error(value)
+    why = float_format_error(value)
     if why:
         raise argparse.ArgumentTypeError(why)
     return value

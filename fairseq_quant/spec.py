@@ -5,14 +5,14 @@ from dataclasses import dataclass, replace
 
 from .formats import MAX_BITS, MIN_BITS, ROUNDINGS, IntFormat, get_format
 
-__all__ = ["ESTIMATORS", "MODES", "SCALINGS", "QuantSpec"]
+__all__ = ["ESTIMATORS", "MODES", "SCALINGS", "QuantSpec", "float_format_error"]
 
 MODES = ("off", "measure", "quantize")
 SCALINGS = ("none", "amax")
 ESTIMATORS = ("minmax", "percentile", "mse", "mse_grid")
 
 
-def _float_format_error(value) -> str | None:
+def float_format_error(value) -> str | None:
     """Why ``value`` is not a floating-point (minifloat or posit) format name, or None if it is one."""
     try:
         fmt = get_format(value)
@@ -73,13 +73,13 @@ class QuantSpec:
         if isinstance(self.momentum, bool) or not isinstance(self.momentum, (int, float)) \
                 or not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must be a number in [0, 1), got {self.momentum!r}")
-        if self.format != "int" and (why := _float_format_error(self.format)):
+        if self.format != "int" and (why := float_format_error(self.format)):
             raise ValueError(f"format must be 'int' or a floating-point format: {why}")
         if self.scaling not in SCALINGS:
             raise ValueError(f"scaling must be one of {SCALINGS}, got {self.scaling!r}")
         if self.rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
-        if self.grad_format is not None and (why := _float_format_error(self.grad_format)):
+        if self.grad_format is not None and (why := float_format_error(self.grad_format)):
             raise ValueError(f"grad_format must be a floating-point format: {why}")
         for name in ("signed", "symmetric", "per_channel", "dynamic", "permute", "learned"):
             if not isinstance(getattr(self, name), bool):

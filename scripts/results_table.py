@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Render the CSV rows that evaluate.py appends (``--csv``) as a markdown table.
 
-    python scripts/results_table.py results.csv [--metrics accuracy,f1]
+    python scripts/results_table.py results.csv [--metrics accuracy,f1] [--latency]
 """
 import argparse
 import csv
@@ -13,6 +13,8 @@ def main() -> None:
     p.add_argument("csv", help="CSV written by evaluate.py --csv")
     p.add_argument("--metrics", default=None, help="comma-separated metric columns (default: those present of "
                    "accuracy, f1, mcc, pearson, spearman)")
+    p.add_argument("--latency", action="store_true", help="add what executed each run (backend) and its median "
+                   "milliseconds per batch")
     opts = p.parse_args()
     try:
         rows = list(csv.DictReader(open(opts.csv, newline="")))
@@ -28,7 +30,12 @@ def main() -> None:
                  f"its columns: {', '.join(rows[0])}")
     metrics = [m for m in metrics if any(r[m] != "" for r in rows)]
     tasks = any(r.get("task") for r in rows)
+    if opts.latency and "ms_per_batch" not in rows[0]:
+        sys.exit(f"results_table.py: error: --latency: {opts.csv} has no ms_per_batch column (an older evaluate.py "
+                 f"wrote it)")
     head = ["run", "precision"] + (["task", "official metric"] if tasks else []) + metrics
+    if opts.latency:
+        head += ["executed by", "ms / batch"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
@@ -37,6 +44,10 @@ def main() -> None:
             official = r.get("metric", "")
             cells += [r.get("task", ""), f"{official} {100 * float(r[official]):.1f}" if official else ""]
         cells += [f"{100 * float(r[m]):.1f}" if r[m] != "" else "" for m in metrics]
+        if opts.latency:
+            backend = {"fake": "PyTorch (fake quantization)", "triton": "Triton kernels",
+                       "onnxruntime": "ONNX Runtime"}.get(r["backend"], r["backend"])
+            cells += [backend, f"{float(r['ms_per_batch']):.1f}" if r["ms_per_batch"] else ""]
         print("| " + " | ".join(cells) + " |")
 
 

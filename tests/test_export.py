@@ -274,7 +274,7 @@ def test_export_command_and_evaluate_onnxruntime_give_the_fake_quant_metric(qat_
         assert r["backend"] == "onnxruntime" and r["n"] == fake["n"] == 64
         assert r["accuracy"] == fake["accuracy"] and r["f1"] == fake["f1"]
         assert r["ms_per_batch"] > 0
-    assert given["onnx"] == str(out) and given["quant"] == "as exported"
+    assert given["onnx"] == str(out) and given["quant"] == "W8A8"  # from the file's metadata
 
 
 def test_plain_roberta_checkpoint_is_calibrated_and_exported(plain_roberta_run, tiny_data, tmp_path, capsys):
@@ -291,10 +291,11 @@ def test_plain_roberta_checkpoint_is_calibrated_and_exported(plain_roberta_run, 
     fake = run_evaluate(capsys, *common, "--quantw", "--quantin", "--calib-batches", "2")
     real = run_evaluate(capsys, *common, "--backend", "onnxruntime", "--onnx", str(out))
     assert real["accuracy"] == fake["accuracy"]
-    for flag, name in (("--fp32", "fp32.onnx"), ("--ort-dynamic", "dynamic.onnx")):
+    for flag, name, quant in (("--fp32", "fp32.onnx", "FP32"), ("--ort-dynamic", "dynamic.onnx", "ORT dynamic INT8")):
         code, result, err = run_export(capsys, *common, "--out", str(tmp_path / name), flag)
         assert code == 0, err
-        assert run_evaluate(capsys, *common, "--backend", "onnxruntime", "--onnx", str(tmp_path / name))["n"] == 64
+        r = run_evaluate(capsys, *common, "--backend", "onnxruntime", "--onnx", str(tmp_path / name))
+        assert r["n"] == 64 and r["quant"] == quant
     fp32 = run_evaluate(capsys, *common)
     assert run_evaluate(capsys, *common, "--backend", "onnxruntime", "--onnx", str(tmp_path / "fp32.onnx"))[
         "accuracy"] == fp32["accuracy"]

@@ -87,7 +87,7 @@ def export_checkpoint(opts: argparse.Namespace) -> dict:
             fp32 = os.path.join(tmp, "fp32.onnx")
             report = export_onnx(model, fp32, head=head, fp32=True)
             _copy(quantize_dynamic_peer(fp32, os.path.join(tmp, "dynamic.onnx")), opts.out)
-        return {"out": os.path.abspath(opts.out), "opset": report.opset, "quant": "ONNX Runtime quantize_dynamic",
+        return {"out": os.path.abspath(opts.out), "opset": report.opset, "quant": "ORT dynamic INT8",
                 "points": {}, "calib_batches": 0, "checkpoint": opts.checkpoint}
     report = export_onnx(model, opts.out, head=head, fp32=opts.fp32, force=opts.force)
     quant = "FP32" if opts.fp32 else describe(model.quant_recipe)

@@ -23,7 +23,7 @@ from torch import nn
 from ..kernels.int8_training import set_int8_training
 from ..layers import QuantizedLinear, QuantizedMultiheadAttention, quantizers
 from ..quant_measure import QuantMeasure
-from ..recipe import QuantRecipe
+from ..recipe import QuantRecipe, describe
 from .qdq import DOMAIN, ExportError, OnnxPoint, onnx_point, wide_qdq_to_standard
 
 __all__ = ["ExportReport", "export_onnx", "onnx_twin", "OPSET"]
@@ -126,8 +126,9 @@ def _sample_tokens(model: nn.Module) -> torch.Tensor:
 def export_onnx(model: nn.Module, path: str, head: str = HEAD, fp32: bool = False, force: bool = False
                 ) -> ExportReport:
     """Write ``model`` (a calibrated quant_roberta sentence-prediction model; see ``onnx_twin``) to ``path`` as ONNX
-    with Q/DQ nodes (module docstring). The file is written under a temporary name beside ``path`` and moved into
-    place when complete; an existing ``path`` is refused unless ``force``. Returns an ``ExportReport``."""
+    with Q/DQ nodes (module docstring), its metadata naming the quantization (``fairseq_quant.quant``: ``W8A8``...).
+    The file is written under a temporary name beside ``path`` and moved into place when complete; an existing
+    ``path`` is refused unless ``force``. Returns an ``ExportReport``."""
     import onnx
 
     if os.path.exists(path) and not force:
@@ -153,6 +154,8 @@ def export_onnx(model: nn.Module, path: str, head: str = HEAD, fp32: bool = Fals
         opset = OPSET
         if wide_qdq_to_standard(proto):  # 16-bit Q/DQ: opset 21
             opset = 21
+        quant = "FP32" if fp32 else describe(model.quant_recipe) if hasattr(model, "quant_recipe") else "?"
+        onnx.helper.set_model_props(proto, {"fairseq_quant.quant": quant, "fairseq_quant.head": head})
         onnx.checker.check_model(proto)
         onnx.save(proto, tmp)
         os.replace(tmp, path)

@@ -42,6 +42,11 @@ class OrtClassifier:
             raise ValueError(f"{path}: its inputs are {names}; an exported sentence-prediction model takes "
                              f"src_tokens (fairseq-quant-export writes such a model)")
 
+    @property
+    def quant(self) -> str | None:
+        """The quantization the exporter recorded in the file (``W8A8``, ``FP32``...), if it did."""
+        return self.session.get_modelmeta().custom_metadata_map.get("fairseq_quant.quant")
+
     def __call__(self, src_tokens: torch.Tensor) -> torch.Tensor:
         tokens = src_tokens.detach().cpu().numpy().astype(np.int64, copy=False)
         return torch.from_numpy(self.session.run(["logits"], {"src_tokens": tokens})[0])
@@ -61,4 +66,11 @@ def quantize_dynamic_peer(fp32_path: str, out_path: str) -> str:
         quantize_dynamic(fp32_path, out_path, weight_type=QuantType.QInt8)
     finally:
         logging.getLogger().setLevel(quiet)
+    import onnx
+
+    proto = onnx.load(out_path)
+    props = {p.key: p.value for p in proto.metadata_props}
+    props["fairseq_quant.quant"] = "ORT dynamic INT8"
+    onnx.helper.set_model_props(proto, props)
+    onnx.save(proto, out_path)
     return out_path

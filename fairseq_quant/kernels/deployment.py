@@ -18,7 +18,7 @@ import torch
 from fairseq.modules.gelu import gelu as fairseq_gelu
 from torch import nn
 
-from ..layers import QuantizedActivation, QuantizedLinear, QuantizedMultiheadAttention, _through
+from ..layers import QuantizedActivation, QuantizedLinear, QuantizedMultiheadAttention, through
 from .ops import quantize_rows, scaled_mm, uses_triton
 
 __all__ = ["DeployError", "DeployedLinear", "deploy"]
@@ -61,7 +61,7 @@ class DeployedLinear(nn.Module):
                              zero_point=zp or 0.0, qmin=self.input_qmin)
         y = scaled_mm(q, s, self.weight_q, self.weight_scale, self.bias, self.gelu, out_dtype=x.dtype,
                       a_zero_point=self.input_zero_point_i32, b_sum=self.weight_sum)
-        return _through(self.output_quant, y.reshape(*shape[:-1], self.out_features))
+        return through(self.output_quant, y.reshape(*shape[:-1], self.out_features))
 
     def extra_repr(self) -> str:
         scale = "dynamic row-wise" if self.input_scale is None else "static"
