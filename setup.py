@@ -19,8 +19,8 @@ setup(
         "tokenizers",  # WordPiece for BERT-family vocabularies (GLUE preprocessing)
         "safetensors",  # Hugging Face weights for the offline converter
         "matplotlib",  # plots of the CPT report
-        "onnx",  # ONNX export with the calibrated Q/DQ scales (fairseq_quant/export)
-        "onnxruntime",  # runs the exported models on the CPU in integer kernels
+        "onnx>=1.16",  # ONNX export with the calibrated Q/DQ scales (fairseq_quant/export)
+        "onnxruntime>=1.18",  # runs the exported models on the CPU in integer kernels
         # the INT8/FP8 kernels (fairseq_quant/kernels); on the CPU they run in its interpreter (TRITON_INTERPRET=1)
         "triton; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],

@@ -97,8 +97,10 @@ def timed(cases: list[tuple], repeats: int) -> list[float]:
 
 def main() -> None:
     import logging
+    import warnings
 
     logging.basicConfig(level=logging.WARNING, force=True)
+    warnings.filterwarnings("ignore")  # hydra's and the converter's notes on loading the checkpoints
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="base,minilm", help="base (RoBERTa-base shapes) and/or minilm")
     p.add_argument("--shapes", default="1x128,8x128", help="batch x length, comma-separated")

@@ -45,8 +45,10 @@ def main() -> None:
             cells += [r.get("task", ""), f"{official} {100 * float(r[official]):.1f}" if official else ""]
         cells += [f"{100 * float(r[m]):.1f}" if r[m] != "" else "" for m in metrics]
         if opts.latency:
-            backend = {"fake": "PyTorch (fake quantization)", "triton": "Triton kernels",
-                       "onnxruntime": "ONNX Runtime"}.get(r["backend"], r["backend"])
+            backend = {"fake": "PyTorch" if r["quant"] == "FP32" else "PyTorch (fake quantization)",
+                       "triton": "Triton kernels",
+                       "onnxruntime": "ONNX Runtime" if r["quant"] == "FP32" else "ONNX Runtime, INT8"}.get(
+                           r["backend"], r["backend"])
             cells += [backend, f"{float(r['ms_per_batch']):.1f}" if r["ms_per_batch"] else ""]
         print("| " + " | ".join(cells) + " |")
 

