@@ -17,11 +17,11 @@ import json
 import logging
 import os
 import statistics
-import sys
 import tempfile
 
 import torch
 
+from .commands import add_calibration_args, add_checkpoint_args, command_logging
 from .glue import task_metric
 from .loader import (
     LoadError,
@@ -54,16 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a fairseq (quant_)roberta sentence-prediction checkpoint, optionally with "
         "post-training quantization. Prints one JSON line.",
     )
-    parser.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint (.pt) written by fairseq-train")
-    parser.add_argument("--data", required=True, metavar="DATA_BIN", help="binarized data (input0/, label/)")
+    add_checkpoint_args(parser)
     parser.add_argument("--split", default="valid", help="split to evaluate (default valid)")
-    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="sentences per batch (default 32)")
-    parser.add_argument("--calib-batches", type=int, default=0, metavar="N",
-                        help="estimate input ranges on N batches of --calib-split before evaluating (default 0: "
-                             "use the checkpoint's recorded ranges, or the current batch's where none are recorded)")
-    parser.add_argument("--calib-split", default="train", help="split used for calibration (default train)")
-    parser.add_argument("--calib-skip-padding", action="store_true",
-                        help="leave padding positions out of the calibrated activation ranges (default: counted)")
+    add_calibration_args(parser, "the checkpoint's recorded ranges, or the current batch's where none are recorded")
     parser.add_argument("--adaround", action="store_true",
                         help="round the quantized weights with AdaRound (learned up/down rounding, layer by layer on "
                              "--adaround-batches batches of --calib-split) instead of to nearest; needs --quantw with "
@@ -259,9 +252,7 @@ def append_csv(path: str, result: dict) -> None:
 
 
 def cli_main(argv: list[str] | None = None) -> None:
-    # force: importing fairseq (its wav2vec2 classification module) already configured the root logger at DEBUG
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING,
-                        stream=sys.stderr, force=True)
+    command_logging()
     parser = build_parser()
     opts = parser.parse_args(argv)
     try:

@@ -103,15 +103,17 @@ def fake_quant_int(
     """
     out_dtype = x.dtype
     xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    if axis is not None:
-        shape = [1] * x.dim()
-        shape[axis] = -1
-        scale = scale.reshape(shape)
-        zero_point = None if zero_point is None else zero_point.reshape(shape)
-    else:
-        scale = scale.reshape(())
-        zero_point = None if zero_point is None else zero_point.reshape(())
+    scale, zero_point = _along(scale, x, axis), None if zero_point is None else _along(zero_point, x, axis)
     return _FakeQuantInt.apply(xf, scale, zero_point, qmin, qmax).to(out_dtype)
+
+
+def _along(t: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """Per-slice values ``t`` shaped to broadcast along ``axis`` of ``x`` (one value: a scalar)."""
+    if axis is None:
+        return t.reshape(())
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    return t.reshape(shape)
 
 
 def int_values(
@@ -125,13 +127,9 @@ def int_values(
     """The integers ``fake_quant_int`` rounds ``x`` to: ``clamp(round_half_even(x * (1 / scale)) + zero_point, qmin,
     qmax)``, float32 (integer-valued), ``x``'s shape; ``scale`` and ``zero_point`` as in ``fake_quant_int``.
     ``int_values(torch.tensor([0.26, -1.0]), torch.tensor([0.1]), None, -127, 127)`` is ``[3., -10.]``."""
-    xf = x.detach().float()
-    shape = [1] * x.dim()
-    if axis is not None:
-        shape[axis] = -1
-    t = (xf * scale.float().reshape(shape if axis is not None else ()).reciprocal()).round()
+    t = (x.detach().float() * _along(scale.float(), x, axis).reciprocal()).round()
     if zero_point is not None:
-        t = t + zero_point.float().reshape(shape if axis is not None else ())
+        t = t + _along(zero_point.float(), x, axis)
     return t.clamp(qmin, qmax)
 
 

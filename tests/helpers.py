@@ -49,3 +49,37 @@ def tiny_batch(batch: int = 4, length: int = 12, seed: int = 0) -> torch.Tensor:
     tokens[:, 0] = 0  # <s>
     tokens[-1, -3:] = 1  # some padding
     return tokens
+
+
+HEAD = "sentence_classification_head"
+
+
+def calibrated(flags: list[str], seed: int = 0) -> QuantRobertaModel:
+    """``tiny_model(flags)`` whose running ranges three training-mode passes recorded, in evaluation mode."""
+    model = tiny_model(flags, seed=seed)
+    model.train()
+    with torch.no_grad():
+        for s in range(3):
+            model(tiny_batch(seed=s), features_only=True, classification_head_name=HEAD)
+    return model.eval()
+
+
+def run_in_process(capsys, cli_main, *argv: str) -> tuple[int, str, str]:
+    """A command's ``cli_main`` in this process (its code path without the interpreter start-up): (exit code,
+    stdout, stderr)."""
+    try:
+        cli_main(list(argv))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def json_line(out: str) -> dict:
+    """The one JSON line a command printed."""
+    import json
+
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, out
+    return json.loads(lines[0])

@@ -1,26 +1,15 @@
 """deploy(): a calibrated fake-quantized model -> real INT8/FP8 linear layers with the same numbers; and
 evaluate.py --backend triton, as a user runs it."""
 import copy
-import json
 
 import pytest
 import torch
-from helpers import tiny_batch, tiny_model
+from helpers import HEAD, calibrated, json_line, run_in_process, tiny_batch
 
 from fairseq_quant.evaluate import cli_main
 from fairseq_quant.kernels import DeployedLinear, DeployError, deploy
 
-HEAD = "sentence_classification_head"
 FP8 = ["--formatw", "fp8_e4m3", "--formatin", "fp8_e4m3", "--formatw-scaling", "amax", "--formatin-scaling", "amax"]
-
-
-def calibrated(flags):
-    model = tiny_model(flags)
-    model.train()
-    with torch.no_grad():
-        for seed in range(3):
-            model(tiny_batch(seed=seed), features_only=True, classification_head_name=HEAD)
-    return model.eval()
 
 
 def logits(model, tokens):
@@ -69,9 +58,9 @@ def test_nothing_to_deploy_names_the_flags():
 
 def evaluate_json(capsys, *argv):
     """evaluate.py's cli_main in this process (the code path of the command, without its start-up)."""
-    cli_main(list(argv))
-    out = capsys.readouterr().out
-    return json.loads([line for line in out.splitlines() if line.startswith("{")][0])
+    code, out, err = run_in_process(capsys, cli_main, *argv)
+    assert code == 0, err
+    return json_line(out)
 
 
 def test_evaluate_backend_triton_reports_the_same_metric(qat_run, tiny_data, capsys):

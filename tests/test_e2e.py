@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import TINY_TRAIN, binarize, fairseq_train, run_evaluate
 from fairseq import options
+from helpers import run_in_process
 
 from fairseq_quant.checkpoint import load_checkpoint
 from fairseq_quant.evaluate import cli_main
@@ -50,13 +51,7 @@ def test_evaluate_reads_back_with_trained_ranges_and_with_ptq(qat_run, tiny_data
 
 def evaluate_in_process(capsys, *argv: str) -> tuple[int, str, str]:
     """evaluate.py's ``cli_main`` in this process (same code path, no interpreter start-up): (exit code, out, err)."""
-    try:
-        cli_main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_in_process(capsys, cli_main, *argv)
 
 
 def test_fp32_plain_roberta_checkpoint_is_post_training_quantized(plain_roberta_run, tiny_data, capsys):

@@ -11,7 +11,7 @@ import onnx
 import pytest
 import torch
 from conftest import REPO, fairseq_train
-from helpers import tiny_batch, tiny_model
+from helpers import HEAD, calibrated, json_line, run_in_process, tiny_batch, tiny_model
 from onnx import numpy_helper
 
 from fairseq_quant.estimators import int_qparams
@@ -22,18 +22,8 @@ from fairseq_quant.export.runtime import OrtClassifier, session
 from fairseq_quant.formats import int_values
 from fairseq_quant.kernels import deploy
 
-HEAD = "sentence_classification_head"
 W8A8 = ["--quantw", "--quantin"]
 FP8 = ["--formatw-scaling", "amax", "--formatin-scaling", "amax"]
-
-
-def calibrated(flags, seed=0):
-    model = tiny_model(flags, seed=seed)
-    model.train()
-    with torch.no_grad():  # train-mode passes record the running ranges
-        for s in range(3):
-            model(tiny_batch(seed=s), features_only=True, classification_head_name=HEAD)
-    return model.eval()
 
 
 def fake_logits(model, tokens):
@@ -244,20 +234,14 @@ def test_session_leaves_out_the_fusion_that_merges_consecutive_quantizers(tmp_pa
 # -- the commands, as a user runs them ------------------------------------------------------------------------
 
 def run_export(capsys, *argv) -> tuple[int, dict | None, str]:
-    try:
-        export_main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    lines = [line for line in out.splitlines() if line.startswith("{")]
-    return code, json.loads(lines[0]) if lines else None, err
+    code, out, err = run_in_process(capsys, export_main, *argv)
+    return code, json_line(out) if code == 0 else None, err
 
 
 def run_evaluate(capsys, *argv) -> dict:
-    evaluate_main(list(argv))
-    out = capsys.readouterr().out
-    return json.loads([line for line in out.splitlines() if line.startswith("{")][0])
+    code, out, err = run_in_process(capsys, evaluate_main, *argv)
+    assert code == 0, err
+    return json_line(out)
 
 
 def test_export_command_and_evaluate_onnxruntime_give_the_fake_quant_metric(qat_run, tiny_data, tmp_path, capsys):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, fairseq_train
-from helpers import tiny_batch, tiny_model
+from helpers import run_in_process, tiny_batch, tiny_model
 
 from fairseq_quant import evaluate
 from fairseq_quant.loader import load_model_and_task
@@ -139,13 +139,7 @@ def check_outputs(out_dir, n_sentences: int) -> list[dict]:
 
 
 def run_cli(capsys, module, *argv: str) -> tuple[int, str, str]:
-    try:
-        module.cli_main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_in_process(capsys, module.cli_main, *argv)
 
 
 def test_fp32_baseline_equals_evaluate_and_each_row_is_one_group(fp32_checkpoint, tiny_data, tmp_path, capsys):

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import sys
 import tempfile
 
+from ..commands import add_calibration_args, add_checkpoint_args, command_logging
 from ..loader import LoadError, check_data_paths, load_model_and_task, quant_overrides
 from ..ptq.calibrate import calibrate
 from ..recipe import add_quant_args, describe
@@ -33,22 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "zero point of the fake-quantized model, so ONNX Runtime runs it in integer kernels. Input "
                     "src_tokens (batch x length, int64, right-padded as fairseq pads), output the head's logits.",
     )
-    parser.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint (.pt) written by fairseq-train")
-    parser.add_argument("--data", required=True, metavar="DATA_BIN",
-                        help="the binarized data it was trained on (dictionaries; calibration batches)")
+    add_checkpoint_args(parser)
     parser.add_argument("--out", required=True, metavar="MODEL.onnx", help="the ONNX file to write")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     parser.add_argument("--fp32", action="store_true", help="export the floating-point model (every quantizer off)")
     parser.add_argument("--ort-dynamic", action="store_true",
                         help="write ONNX Runtime's own quantize_dynamic of the FP32 export instead (int8 weights, "
                              "activation ranges computed at run time): the baseline without this plugin")
-    parser.add_argument("--calib-batches", type=int, default=0, metavar="N",
-                        help="calibrate the input ranges on N batches of --calib-split first (default 0: the "
-                             "checkpoint's recorded ranges; a model without any is refused)")
-    parser.add_argument("--calib-split", default="train", help="split used for calibration (default train)")
-    parser.add_argument("--calib-skip-padding", action="store_true",
-                        help="leave padding positions out of the calibrated activation ranges")
-    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="calibration batch size (default 32)")
+    add_calibration_args(parser, "the checkpoint's recorded ranges; a model without any is refused")
     parser.add_argument("--seed", type=int, default=1, help="seed for batching (default 1)")
     add_quant_args(parser, defaults=False, training=False)
     return parser
@@ -111,9 +102,7 @@ def _copy(src: str, dst: str) -> None:
 
 
 def cli_main(argv: list[str] | None = None) -> None:
-    # force: importing fairseq already configured the root logger at DEBUG
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING,
-                        stream=sys.stderr, force=True)
+    command_logging()
     parser = build_parser()
     opts = parser.parse_args(argv)
     try:

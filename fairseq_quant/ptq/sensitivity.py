@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from fairseq.data import BaseWrapperDataset
 
+from ..commands import add_checkpoint_args, command_logging
 from ..loader import LoadError, check_data_paths, glue_task, load_model_and_task, official_metric, predict, score
 from ..quant_measure import QuantMeasure
 from ..recipe import QuantRecipe, bits_type
@@ -334,8 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "token embeddings and the head alone; report the metric drop of each against FP32 "
                     "(OUT/sensitivity.csv, .md, .png). Prints the markdown table.",
     )
-    parser.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint (.pt) written by fairseq-train")
-    parser.add_argument("--data", required=True, metavar="DATA_BIN", help="binarized data (input0/, label/)")
+    add_checkpoint_args(parser)
     parser.add_argument("--split", default="valid", help="split to evaluate (default valid)")
     parser.add_argument("--calib-split", default="train", help="split that calibrates input ranges (default train)")
     parser.add_argument("--calib-batches", type=_non_negative_int, default=8, metavar="N",
@@ -355,9 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cli_main(argv: list[str] | None = None) -> None:
-    # force: importing fairseq already configured the root logger (at DEBUG, from one of its model files)
-    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING,
-                        stream=sys.stderr, force=True)
+    command_logging()
     logger.setLevel(logging.INFO)  # one progress line per group
     warnings.filterwarnings("ignore", message="'pin_memory' argument is set as true")  # fairseq's loader on CPU
     parser = build_parser()

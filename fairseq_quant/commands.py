@@ -1,0 +1,35 @@
+"""What every command of the plugin does first (evaluate.py, fairseq-quant-export, fairseq-quant-sensitivity)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+__all__ = ["add_calibration_args", "add_checkpoint_args", "command_logging"]
+
+
+def command_logging() -> None:
+    """Warnings and errors on stderr, one line each. ``force``: importing fairseq (its wav2vec2 classification
+    module) already configured the root logger at DEBUG."""
+    logging.basicConfig(format="%(asctime)s | %(levelname)s | %(name)s | %(message)s", level=logging.WARNING,
+                        stream=sys.stderr, force=True)
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint FILE --data DATA_BIN``: the sentence-prediction checkpoint and the binarized data of its task
+    (dictionaries, splits)."""
+    parser.add_argument("--checkpoint", required=True, metavar="FILE", help="checkpoint (.pt) written by fairseq-train")
+    parser.add_argument("--data", required=True, metavar="DATA_BIN",
+                        help="binarized data of its task (input0/, label/): dictionaries, the evaluated and "
+                             "calibration splits")
+
+
+def add_calibration_args(parser: argparse.ArgumentParser, without: str) -> None:
+    """``--calib-batches N --calib-split SPLIT --calib-skip-padding --batch-size N``; ``without`` says what
+    ``--calib-batches 0`` (the default) leaves the ranges at."""
+    parser.add_argument("--calib-batches", type=int, default=0, metavar="N",
+                        help=f"estimate the input ranges on N batches of --calib-split first (default 0: {without})")
+    parser.add_argument("--calib-split", default="train", help="split used for calibration (default train)")
+    parser.add_argument("--calib-skip-padding", action="store_true",
+                        help="leave padding positions out of the calibrated activation ranges (default: counted)")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="sentences per batch (default 32)")
