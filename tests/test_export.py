@@ -350,3 +350,15 @@ def test_cpt_checkpoint_exports_at_its_evaluation_bits(tiny_data, tmp_path, caps
                                    str(tiny_data), "--out", str(tmp_path / "cpt.onnx"))
     assert code == 0, err
     assert result["quant"] == "W6A8" and result["points"] == {"uint8": 22, "int8 (6-bit grid)": 14}
+
+
+def test_evaluate_backend_triton_on_a_cpu_warns_and_evaluates_fake(qat_run, tiny_data, capsys, monkeypatch):
+    import fairseq_quant.kernels.deployment as deployment
+
+    monkeypatch.setattr(deployment, "uses_triton", lambda t: False)  # a CPU without Triton's interpreter
+    common = ("--checkpoint", str(qat_run / "checkpoint_last.pt"), "--data", str(tiny_data))
+    fake = run_evaluate(capsys, *common)
+    code, out, err = run_in_process(capsys, evaluate_main, *common, "--backend", "triton")
+    assert code == 0 and "--backend onnxruntime" in err
+    result = json_line(out)
+    assert result["deployed_layers"] == 0 and result["accuracy"] == fake["accuracy"]
