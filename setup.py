@@ -29,10 +29,11 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "fairseq-quant-evaluate=fairseq_quant.evaluate:cli_main",
-            "fairseq-quant-convert-hf=fairseq_quant.convert_hf:cli_main",
-            "fairseq-quant-sensitivity=fairseq_quant.ptq.sensitivity:cli_main",
-            "fairseq-quant-export=fairseq_quant.export.cli:cli_main",
+            "fairseq-quant-evaluate=fairseq_quant.cli.evaluate:cli_main",
+            "fairseq-quant-convert-hf=fairseq_quant.cli.convert_hf:cli_main",
+            "fairseq-quant-sensitivity=fairseq_quant.cli.sensitivity:cli_main",
+            "fairseq-quant-export=fairseq_quant.cli.export:cli_main",
+            "fairseq-quant-glue=fairseq_quant.cli.glue:main",
         ]
     },
 )

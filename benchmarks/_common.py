@@ -82,7 +82,7 @@ def build_roberta(flags: list[str], device: str, smoke: bool, seed: int = 0, voc
     dictionary symbols: speed does not depend on the weights."""
     from fairseq.data import Dictionary
 
-    from fairseq_quant.models.quant_roberta import (
+    from fairseq_quant.plugin.quant_roberta import (
         QuantRobertaModel,
         quant_roberta_base_architecture,
         quant_roberta_tiny_architecture,

@@ -27,9 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import HEAD, build_roberta, print_table, random_tokens, write_json  # noqa: E402
 
-from fairseq_quant.export import export_onnx  # noqa: E402
-from fairseq_quant.export.runtime import OrtClassifier, quantize_dynamic_peer  # noqa: E402
-from fairseq_quant.recipe import QuantRecipe  # noqa: E402
+from fairseq_quant.deploy import export_onnx  # noqa: E402
+from fairseq_quant.deploy.runtime import OrtClassifier, quantize_dynamic_peer  # noqa: E402
+from fairseq_quant.plugin.recipe import QuantRecipe  # noqa: E402
 
 W8A8 = ["--quantw", "--quantin"]
 BASELINE = "torch FP32 eager"
@@ -54,9 +54,9 @@ def cpu_name() -> str:
 
 def minilm(flags: list[str]):
     """all-MiniLM-L6-v2 from its pip package, converted to fairseq and built as quant_roberta with ``flags``."""
-    from fairseq_quant.convert_hf import convert
-    from fairseq_quant.minilm import minilm_dir
-    from fairseq_quant.models.quant_roberta import QuantRobertaModel
+    from fairseq_quant.data.convert_hf import convert
+    from fairseq_quant.data.minilm import minilm_dir
+    from fairseq_quant.plugin.quant_roberta import QuantRobertaModel
 
     out = tempfile.mkdtemp(prefix="minilm-")
     convert(minilm_dir(), out)
@@ -133,7 +133,7 @@ def main() -> None:
             sessions = {k: OrtClassifier(v, opts.threads) for k, v in paths.items()}
             deployed = None
             if opts.deployed_repeats > 0:
-                from fairseq_quant.kernels import deploy
+                from fairseq_quant.deploy import deploy
 
                 deployed = copy.deepcopy(model)
                 deploy(deployed, cpu_reference=True)  # on a CPU: torch._int_mm

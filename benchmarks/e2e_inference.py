@@ -57,7 +57,7 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def deployed(flags: list[str], opts) -> tuple:
     """(deployed model, its fake-quantized twin, a note on what was deployed)."""
-    from fairseq_quant.kernels import deploy
+    from fairseq_quant.deploy import deploy
 
     model = build_roberta(flags, opts.device, opts.smoke).to(torch.bfloat16)  # range buffers stay float32
     with torch.no_grad():  # calibration: train-mode passes record the ranges

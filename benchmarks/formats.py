@@ -2,7 +2,7 @@
 """Rounding one 4096 x 3072 float32 tensor to each number format, as a ratio to INT8 fake quantization.
 
 The baseline is ``fake_quant_int`` with a per-tensor scale from the tensor's amax (``amax / 127``, symmetric
--127..127), the path the QAT layers take; the formats of ``fairseq_quant.formats`` are unscaled. Every case runs
+-127..127), the path the QAT layers take; the formats of ``fairseq_quant.core.formats`` are unscaled. Every case runs
 once to warm up (and build posit tables), then ``--repeats`` rounds alternate over all cases; the median of each
 is printed with its ratio to the baseline measured in the same run.
 
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from fairseq_quant.formats import fake_quant_int, get_format
+from fairseq_quant.core.formats import fake_quant_int, get_format
 
 BASELINE = "int8 fake_quant_int (amax scale)"
 

@@ -18,7 +18,7 @@ import torch
 from fairseq.data import Dictionary
 
 import fairseq_quant  # noqa: F401  (registers the model)
-from fairseq_quant.models.quant_roberta import QuantRobertaModel, quant_roberta_base_architecture
+from fairseq_quant.plugin.quant_roberta import QuantRobertaModel, quant_roberta_base_architecture
 
 HEAD = "sentence_classification_head"
 

@@ -7,11 +7,11 @@ import fairseq_quant_patches
 
 fairseq_quant_patches.apply_all()
 
-from .layers import QuantizedLinear, QuantizedMultiheadAttention, quantizers  # noqa: E402
-from .models import QuantRobertaModel  # noqa: E402  (registers quant_roberta and its architectures)
-from .quant_measure import QuantMeasure  # noqa: E402
-from .recipe import QuantRecipe, add_quant_args, apply_recipe, quantize_model, set_quant_defaults  # noqa: E402
-from .spec import QuantSpec  # noqa: E402
+from .core.quant_measure import QuantMeasure  # noqa: E402
+from .core.spec import QuantSpec  # noqa: E402
+from .plugin import QuantRobertaModel  # noqa: E402  (registers quant_roberta and its architectures)
+from .plugin.layers import QuantizedLinear, QuantizedMultiheadAttention, quantizers  # noqa: E402
+from .plugin.recipe import QuantRecipe, add_quant_args, apply_recipe, quantize_model, set_quant_defaults  # noqa: E402
 
 __all__ = [
     "QuantMeasure",

@@ -9,7 +9,7 @@ stored as: ``fairseq-train --restore-file``, ``checkpoint_utils.load_model_ensem
 failed`` (fairseq issue #5603).
 
 The fix keeps ``weights_only=True``: it registers fairseq-quant's allowlist
-(``fairseq_quant.checkpoint.FAIRSEQ_SAFE_GLOBALS``) with ``torch.serialization.add_safe_globals``, and wraps
+(``fairseq_quant.plugin.checkpoint.FAIRSEQ_SAFE_GLOBALS``) with ``torch.serialization.add_safe_globals``, and wraps
 ``load_checkpoint_to_cpu`` so that a file holding any other global is refused with an
 ``UnsafeCheckpointError`` naming the file and the globals. The trainer, ``load_model_ensemble_and_task``
 and the hub interface all reach the loader through the module attribute replaced here.
@@ -30,7 +30,7 @@ __all__ = ["apply"]
 def apply() -> None:
     """Register the allowlist and wrap ``checkpoint_utils.load_checkpoint_to_cpu`` (idempotent)."""
     # Imported here, not at the top: importing fairseq_quant applies the patches, this one included.
-    from fairseq_quant.checkpoint import raising_unsafe_checkpoint_error, register_safe_globals
+    from fairseq_quant.plugin.checkpoint import raising_unsafe_checkpoint_error, register_safe_globals
 
     register_safe_globals()
     load_checkpoint_to_cpu = checkpoint_utils.load_checkpoint_to_cpu

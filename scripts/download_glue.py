@@ -4,7 +4,7 @@
     python scripts/download_glue.py OUT_DIR [--tasks CoLA,SST-2,...|all] [--mrpc-dir DIR] [--force]
 
 writes ``OUT_DIR/TASK/{train,dev,test}.tsv`` (MNLI: ``dev_matched``/``dev_mismatched`` and ``test_matched``/
-``test_mismatched``), which ``python -m fairseq_quant.glue`` (``scripts/preproc.bash``) binarises for fairseq.
+``test_mismatched``), which ``fairseq-quant-glue`` (``scripts/preproc.bash``) binarises for fairseq.
 
 Sources are those of the well-known ``download_glue_data.py`` (W4ngatang's gist, as since moved to
 dl.fbaipublicfiles.com): one zip per task, of which the ``*.tsv`` files in the folder holding ``train.tsv`` are kept

@@ -6,7 +6,7 @@
 # Usage: bash scripts/experiment1.bash CHECKPOINT DATA [--bits 8|W,I] [--calib-batches N] [--max-sentences N]
 #                                      [--out DIR]
 #   CHECKPOINT       a sentence-prediction checkpoint from fairseq-train (roberta* or quant_roberta*)
-#   DATA             its binarized data (input0/, label/), e.g. a GLUE task from `python -m fairseq_quant.glue`
+#   DATA             its binarized data (input0/, label/), e.g. a GLUE task from `fairseq-quant-glue`
 #   --bits           bit width of weights and inputs, one number (8) or weights,inputs (4,8); default 8
 #   --calib-batches  training batches that calibrate each group's input ranges (default 8)
 #   --max-sentences  evaluate on the first N sentences of valid only (faster; default all)

@@ -5,7 +5,7 @@
 # Usage: bash scripts/experiment2.bash [DATA] [--pretrained minilm|HF_DIR] [--cpt-configs A.json,B.json]
 #                                      [--seeds 1,2] [--max-update N] [--lr LR] [--out DIR]
 #   DATA omitted    the embedded default task, quant_roberta_tiny from random initialisation (3000 updates, lr 1e-3)
-#   DATA            a GLUE task binarised by `python -m fairseq_quant.glue` (or scripts/glue_table.bash) with the
+#   DATA            a GLUE task binarised by `fairseq-quant-glue` (or scripts/glue_table.bash) with the
 #                   vocabulary of --pretrained (default minilm); fine-tunes the converted model (300 updates, lr 1e-4)
 #   --cpt-configs   cfg_cpt.json files, one CPT run each per seed (default configs/cfg_cpt.json)
 #   --seeds         comma-separated seeds, every run once per seed (default 1,2)
@@ -38,7 +38,7 @@ fi
 IFS=, read -r -a CONFIG_LIST <<<"$CONFIGS"
 python3 - "${CONFIG_LIST[@]}" <<'PY'  # every config valid before anything runs
 import sys
-from fairseq_quant.schedule import CPTConfigError, load_cpt_config
+from fairseq_quant.core.schedule import CPTConfigError, load_cpt_config
 for path in sys.argv[1:]:
     try:
         load_cpt_config(path)

@@ -6,7 +6,7 @@
 # Usage: bash scripts/formats_table.bash [DATA] [--pretrained minilm|HF_DIR] [--formats bf16,posit8,fp8,int8]
 #                                        [--max-update N] [--lr LR] [--seed N] [--calib-batches N] [--out DIR]
 #   DATA omitted    the embedded default task, quant_roberta_tiny from random initialisation (3000 updates, lr 1e-3)
-#   DATA            a GLUE task binarised by `python -m fairseq_quant.glue` with the vocabulary of --pretrained
+#   DATA            a GLUE task binarised by `fairseq-quant-glue` with the vocabulary of --pretrained
 #                   (default minilm); fine-tunes the converted model (300 updates, lr 1e-4)
 #   --formats       bf16 (e8m7), posit8 (posit8_1), fp8 (E4M3 weights and activations with per-tensor amax
 #                   scaling, E5M2 gradients in fine-tuning), int8 (W8A8 integer grids); default all four

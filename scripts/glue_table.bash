@@ -38,7 +38,7 @@ done
 bash "$ROOT/scripts/setup.sh"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 if [[ $PRETRAINED == minilm ]]; then
-  HF_DIR=$(python3 -c "from fairseq_quant.minilm import minilm_dir; print(minilm_dir())")
+  HF_DIR=$(python3 -c "from fairseq_quant.data.minilm import minilm_dir; print(minilm_dir())")
   NAME=minilm
 else
   HF_DIR=$PRETRAINED
@@ -59,9 +59,9 @@ RESULTS=$RUN/results.csv
 IFS=, read -r -a TASK_LIST <<<"$TASKS"
 for task in "${TASK_LIST[@]}"; do
   data=$OUT/data/$task-$NAME${MAX_TRAIN:+-$MAX_TRAIN}
-  python3 -m fairseq_quant.glue "$GLUE_DIR" "$task" "$data" "${TOKENIZER[@]}" --srcdict "$CONVERTED/dict.txt" \
+  fairseq-quant-glue "$GLUE_DIR" "$task" "$data" "${TOKENIZER[@]}" --srcdict "$CONVERTED/dict.txt" \
     --workers 2 ${MAX_TRAIN:+--max-train "$MAX_TRAIN"} 2>>"$RUN/prepare.log"
-  read -r -a TASK_FLAGS < <(python3 -c "from fairseq_quant.glue import fairseq_train_flags as f; print(*f('$task'))")
+  read -r -a TASK_FLAGS < <(python3 -c "from fairseq_quant.data.glue import fairseq_train_flags as f; print(*f('$task'))")
   for variant in fp32 w8a8-qat; do
     quant=()
     [[ $variant == w8a8-qat ]] && quant=(--quantw --bitsw 8 --quantin --bitsin 8)

@@ -6,7 +6,7 @@
 # Usage: bash scripts/int8_training.bash [DATA] [--pretrained minilm|HF_DIR] [--max-update N] [--lr LR]
 #                                        [--seeds 1,2] [--modes bf16,fwd,fwd_dgrad,all,all_sr] [--out DIR]
 #   DATA omitted  the embedded default task, quant_roberta_tiny from random initialisation (3000 updates)
-#   DATA          a GLUE task binarised by `python -m fairseq_quant.glue` with the vocabulary of --pretrained
+#   DATA          a GLUE task binarised by `fairseq-quant-glue` with the vocabulary of --pretrained
 #   --out DIR     runs go to DIR/<timestamp>-<task> (default runs/int8_training)
 # On a CPU the INT8 matmuls run through torch._int_mm (the Triton kernels need a GPU): the table shows what
 # INT8 training does to accuracy; for speed see benchmarks/int8_training.py on a GPU.

@@ -15,7 +15,7 @@ up_to_date() {
 use_pretrained() {
   local out=$1 spec=$2 hf_dir
   if [[ $spec == minilm ]]; then
-    hf_dir=$(python3 -c "from fairseq_quant.minilm import minilm_dir; print(minilm_dir())")
+    hf_dir=$(python3 -c "from fairseq_quant.data.minilm import minilm_dir; print(minilm_dir())")
     NAME=minilm
   elif [[ -f $spec/config.json ]]; then
     hf_dir=$spec
@@ -51,7 +51,7 @@ common_option() {
 # experiment_task OUT DATA PRETRAINED SCRIPT: the task and model of an experiment script.
 #   DATA empty: the embedded default task (prepared under OUT/data), quant_roberta_tiny from random
 #               initialisation, MAX_UPDATE 3000 and LR 1e-3 unless already set;
-#   DATA set:   a GLUE task binarised by `python -m fairseq_quant.glue` with the vocabulary of PRETRAINED (default
+#   DATA set:   a GLUE task binarised by `fairseq-quant-glue` with the vocabulary of PRETRAINED (default
 #               minilm), fine-tuning the converted encoder, MAX_UPDATE 300 and LR 1e-4 unless already set.
 # Sets DATA, NAME, MODEL_FLAGS, TASK_FLAGS, MAX_UPDATE, LR; errors name SCRIPT and exit 2.
 experiment_task() {
@@ -70,7 +70,7 @@ experiment_task() {
     return
   fi
   [[ -f $DATA/glue_task.json ]] || { echo "$script: error: $DATA has no glue_task.json; prepare it with" \
-    "python -m fairseq_quant.glue GLUE_DIR TASK OUT --wordpiece VOCAB --srcdict DICT" >&2; exit 2; }
+    "fairseq-quant-glue GLUE_DIR TASK OUT --wordpiece VOCAB --srcdict DICT" >&2; exit 2; }
   use_pretrained "$out" "${pretrained:-minilm}"
   if ! cmp -s "$DATA/input0/dict.txt" "$CONVERTED/dict.txt"; then
     echo "$script: error: $DATA/input0/dict.txt is not the vocabulary of $NAME ($CONVERTED/dict.txt):" \
@@ -78,7 +78,7 @@ experiment_task() {
     exit 2
   fi
   task=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['task'])" "$DATA/glue_task.json")
-  read -r -a TASK_FLAGS < <(python3 -c "from fairseq_quant.glue import fairseq_train_flags as f; print(*f('$task'))")
+  read -r -a TASK_FLAGS < <(python3 -c "from fairseq_quant.data.glue import fairseq_train_flags as f; print(*f('$task'))")
   MODEL_FLAGS=("${ARCH_FLAGS[@]}" --restore-file "$CONVERTED/model.pt" --reset-optimizer --reset-dataloader
     --reset-meters --reset-lr-scheduler --shorten-method truncate)
   NAME=$task-$NAME

@@ -6,7 +6,7 @@
 #
 # Usage: bash scripts/onnx_table.bash [DATA] [--pretrained minilm|HF_DIR] [--max-update N] [--lr LR] [--out DIR]
 #   DATA omitted  the embedded default task, quant_roberta_tiny from random initialisation (3000 updates)
-#   DATA          a GLUE task binarised by `python -m fairseq_quant.glue` with the vocabulary of --pretrained
+#   DATA          a GLUE task binarised by `fairseq-quant-glue` with the vocabulary of --pretrained
 #                 (default minilm); fine-tunes the converted model (300 updates, lr 1e-4)
 #   --out DIR     runs go to DIR/<timestamp>-<task> (default runs/onnx); the ONNX files stay in the run folder
 set -euo pipefail

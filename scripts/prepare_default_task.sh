@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Generate the embedded default task (fairseq_quant/default_task.py) and binarise it for fairseq's
+# Generate the embedded default task (fairseq_quant/data/default_task.py) and binarise it for fairseq's
 # sentence_prediction task.
 #
 # Usage: bash scripts/prepare_default_task.sh OUT_DIR [--n-train N] [--n-dev N] [--seed S] [--noise R] [--force]
-#   (options after OUT_DIR go to the generator; see `python -m fairseq_quant.default_task --help`)
+#   (options after OUT_DIR go to the generator; see `python -m fairseq_quant.data.default_task --help`)
 #
 # Writes
 #   OUT_DIR/raw/{train,dev}.tsv                          GLUE SST-2 format: sentence<TAB>label
@@ -31,9 +31,9 @@ BIN=$OUT/bin
 
 . "$ROOT/scripts/lib.sh"  # up_to_date
 
-# 1. Generate. Run as a file, not `-m fairseq_quant.default_task`: importing the package imports fairseq
+# 1. Generate. Run as a file, not `-m fairseq_quant.data.default_task`: importing the package imports fairseq
 #    (about 6 s), which the pure-Python generator does not need.
-"$PYTHON" "$ROOT/fairseq_quant/default_task.py" "$RAW" "$@" >/dev/null
+"$PYTHON" "$ROOT/fairseq_quant/data/default_task.py" "$RAW" "$@" >/dev/null
 
 # 2. Split each TSV into a sentence file and a label file (dev is fairseq's valid split).
 mkdir -p "$TOK"

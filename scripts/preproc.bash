@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Binarise one GLUE task for fairseq's sentence_prediction task: a thin wrapper over `python -m fairseq_quant.glue`
-# (fairseq_quant/glue.py holds the task table and the details).
+# Binarise one GLUE task for fairseq's sentence_prediction task: a thin wrapper over `fairseq-quant-glue`
+# (fairseq_quant/data/glue.py holds the task table and the details).
 #
 # Usage: bash scripts/preproc.bash GLUE_DIR TASK OUT_BIN TOKENISER [--srcdict DICT] [--workers N]
 #                                  [--max-train N [--seed S]] [--force]
@@ -17,4 +17,4 @@ if [[ $# -lt 3 || $1 == -* ]]; then
   sed -n '5,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 fi
-exec "${PYTHON:-python3}" -m fairseq_quant.glue "$@"
+exec "${PYTHON:-python3}" -m fairseq_quant.cli.glue "$@"

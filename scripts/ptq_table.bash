@@ -7,7 +7,7 @@
 # Usage: bash scripts/ptq_table.bash [DATA] [--pretrained minilm|HF_DIR] [--max-update N] [--lr LR] [--seed N]
 #                                    [--calib-batches N] [--adaround-iters N] [--out DIR]
 #   DATA omitted      the embedded default task, quant_roberta_tiny from random initialisation (3000 updates)
-#   DATA              a GLUE task binarised by `python -m fairseq_quant.glue` with the vocabulary of --pretrained
+#   DATA              a GLUE task binarised by `fairseq-quant-glue` with the vocabulary of --pretrained
 #                     (default minilm); fine-tunes the converted model (300 updates, lr 1e-4)
 #   --calib-batches   training batches that calibrate the PTQ ranges (default 16)
 #   --adaround-iters  AdaRound steps per layer (default 500)

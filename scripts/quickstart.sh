@@ -62,7 +62,7 @@ else
     TOKENIZER=(--bpe gpt2 --encoder-json "$CONVERTED/vocab.json" --vocab-bpe "$CONVERTED/merges.txt")
   fi
   DATA=$OUT/data/bin-$NAME
-  python3 -m fairseq_quant.glue "$GLUE" SST-2 "$DATA" "${TOKENIZER[@]}" --srcdict "$CONVERTED/dict.txt" \
+  fairseq-quant-glue "$GLUE" SST-2 "$DATA" "${TOKENIZER[@]}" --srcdict "$CONVERTED/dict.txt" \
     --workers 2 2>>"$OUT/data/glue.log"
   MODEL_FLAGS=("${ARCH_FLAGS[@]}" --restore-file "$CONVERTED/model.pt" --reset-optimizer --reset-dataloader
     --reset-meters --reset-lr-scheduler)

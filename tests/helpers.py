@@ -8,7 +8,7 @@ import torch
 from fairseq.data import Dictionary
 
 import fairseq_quant  # noqa: F401  (registers the model)
-from fairseq_quant.models.quant_roberta import QuantRobertaModel, quant_roberta_tiny_architecture
+from fairseq_quant.plugin.quant_roberta import QuantRobertaModel, quant_roberta_tiny_architecture
 
 VOCAB = 40
 

@@ -8,11 +8,11 @@ import torch
 from helpers import tiny_batch, tiny_model
 from torch import nn
 
-from fairseq_quant.estimators import current_minmax, int_qparams
-from fairseq_quant.layers import QuantizedLinear, quantizers
+from fairseq_quant.core.estimators import current_minmax, int_qparams
+from fairseq_quant.core.quant_measure import QuantMeasure
+from fairseq_quant.core.spec import QuantSpec
+from fairseq_quant.plugin.layers import QuantizedLinear, quantizers
 from fairseq_quant.ptq.adaround import adaround_model, adaround_weight
-from fairseq_quant.quant_measure import QuantMeasure
-from fairseq_quant.spec import QuantSpec
 
 HEAD = "sentence_classification_head"
 

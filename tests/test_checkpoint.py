@@ -26,7 +26,7 @@ from fairseq_cli import train
 from fairseq_quant_patches import checkpoint_weights_only
 
 import fairseq_quant  # noqa: F401  (applies the patches)
-from fairseq_quant.checkpoint import (
+from fairseq_quant.plugin.checkpoint import (
     FAIRSEQ_SAFE_GLOBALS,
     UnsafeCheckpointError,
     load_checkpoint,

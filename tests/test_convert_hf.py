@@ -1,4 +1,4 @@
-"""Hugging Face BERT / RoBERTa -> fairseq RoBERTa (``fairseq_quant.convert_hf``), checked against transformers:
+"""Hugging Face BERT / RoBERTa -> fairseq RoBERTa (``fairseq_quant.data.convert_hf``), checked against transformers:
 same hidden states, pooler and MLM logits; the checkpoint restores in fairseq's own sentence_prediction task and
 in a real ``fairseq-train`` run; bad input is refused naming the file and key."""
 from __future__ import annotations
@@ -17,9 +17,10 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq_cli import preprocess
 
 from fairseq_quant import QuantRobertaModel
-from fairseq_quant.checkpoint import load_checkpoint
-from fairseq_quant.convert_hf import ConversionError, ConversionWarning, cli_main, convert
-from fairseq_quant.minilm import minilm_dir
+from fairseq_quant.cli.convert_hf import cli_main
+from fairseq_quant.data.convert_hf import ConversionError, ConversionWarning, convert
+from fairseq_quant.data.minilm import minilm_dir
+from fairseq_quant.plugin.checkpoint import load_checkpoint
 
 
 def _import_transformers():

@@ -16,8 +16,7 @@ import torch
 from conftest import REPO, TINY_TRAIN, fairseq_train, run_evaluate
 from helpers import tiny_batch, tiny_model
 
-from fairseq_quant.checkpoint import load_checkpoint
-from fairseq_quant.schedule import (
+from fairseq_quant.core.schedule import (
     CPTConfig,
     CPTConfigError,
     CyclicPrecisionScheduler,
@@ -25,6 +24,7 @@ from fairseq_quant.schedule import (
     load_cpt_config,
     parse_eval_bits,
 )
+from fairseq_quant.plugin.checkpoint import load_checkpoint
 
 CFG = REPO / "configs" / "cfg_cpt.json"
 VALID = {"wbit_min": 4, "wbit_max": 8, "inbit_min": 3, "inbit_max": 6, "num_cyclic_period": 3}

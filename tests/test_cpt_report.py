@@ -8,8 +8,8 @@ import sys
 import pytest
 from conftest import REPO, fairseq_train
 
-from fairseq_quant.cpt_report import ReportError, parse_log, report_table
-from fairseq_quant.schedule import CPTConfig, CyclicPrecisionScheduler
+from fairseq_quant.cli.cpt_report import ReportError, parse_log, report_table
+from fairseq_quant.core.schedule import CPTConfig, CyclicPrecisionScheduler
 
 CFG = {"wbit_min": 4, "wbit_max": 8, "inbit_min": 2, "inbit_max": 6, "num_cyclic_period": 2}
 

@@ -1,4 +1,5 @@
-"""Tests for ``fairseq_quant/default_task.py`` and ``scripts/prepare_default_task.sh``: the embedded default task."""
+"""Tests for ``fairseq_quant/data/default_task.py`` and ``scripts/prepare_default_task.sh``: the embedded default
+task."""
 from __future__ import annotations
 
 import os
@@ -10,7 +11,7 @@ import pytest
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from fairseq_quant.default_task import (
+from fairseq_quant.data.default_task import (
     LABEL_NOISE,
     MAX_TOKENS,
     MIN_TOKENS,

@@ -6,8 +6,8 @@ import pytest
 import torch
 from helpers import HEAD, calibrated, json_line, run_in_process, tiny_batch
 
-from fairseq_quant.evaluate import cli_main
-from fairseq_quant.kernels import DeployedLinear, DeployError, deploy
+from fairseq_quant.cli.evaluate import cli_main
+from fairseq_quant.deploy import DeployedLinear, DeployError, deploy
 
 FP8 = ["--formatw", "fp8_e4m3", "--formatin", "fp8_e4m3", "--formatw-scaling", "amax", "--formatin-scaling", "amax"]
 

@@ -11,8 +11,8 @@ from conftest import TINY_TRAIN, binarize, fairseq_train, run_evaluate
 from fairseq import options
 from helpers import run_in_process
 
-from fairseq_quant.checkpoint import load_checkpoint
-from fairseq_quant.evaluate import cli_main
+from fairseq_quant.cli.evaluate import cli_main
+from fairseq_quant.plugin.checkpoint import load_checkpoint
 
 
 def result(proc) -> dict:

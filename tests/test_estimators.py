@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import optimize, stats
 
-from fairseq_quant.estimators import (
+from fairseq_quant.core.estimators import (
     current_minmax,
     expand_groups,
     group_index,
@@ -16,7 +16,7 @@ from fairseq_quant.estimators import (
     per_dim_minmax,
     percentile_range,
 )
-from fairseq_quant.formats import fake_quant_int
+from fairseq_quant.core.formats import fake_quant_int
 
 
 def gen(seed: int) -> torch.Generator:

@@ -1,4 +1,4 @@
-"""ONNX export with the calibrated Q/DQ scales (fairseq_quant.export): the ONNX Runtime model computes what the
+"""ONNX export with the calibrated Q/DQ scales (fairseq_quant.deploy): the ONNX Runtime model computes what the
 fake-quantized model computes, its integer points are fused into integer kernels, bad input is refused, and the
 commands (fairseq-quant-export, evaluate.py --backend onnxruntime) work as a user runs them."""
 import json
@@ -14,13 +14,12 @@ from conftest import REPO, fairseq_train
 from helpers import HEAD, calibrated, json_line, run_in_process, tiny_batch, tiny_model
 from onnx import numpy_helper
 
-from fairseq_quant.estimators import int_qparams
-from fairseq_quant.evaluate import cli_main as evaluate_main
-from fairseq_quant.export import ExportError, export_onnx, onnx_twin
-from fairseq_quant.export.cli import cli_main as export_main
-from fairseq_quant.export.runtime import OrtClassifier, session
-from fairseq_quant.formats import int_values
-from fairseq_quant.kernels import deploy
+from fairseq_quant.cli.evaluate import cli_main as evaluate_main
+from fairseq_quant.cli.export import cli_main as export_main
+from fairseq_quant.core.estimators import int_qparams
+from fairseq_quant.core.formats import int_values
+from fairseq_quant.deploy import ExportError, deploy, export_onnx, onnx_twin
+from fairseq_quant.deploy.runtime import OrtClassifier, session
 
 W8A8 = ["--quantw", "--quantin"]
 FP8 = ["--formatw-scaling", "amax", "--formatin-scaling", "amax"]
@@ -211,7 +210,7 @@ def test_a_model_without_the_head_is_refused(tmp_path):
 def test_deploy_on_a_cpu_keeps_fake_quantization_and_names_onnx_runtime(monkeypatch, caplog):
     # a CPU without the interpreter (TRITON_INTERPRET itself must stay as conftest set it: Triton reads it when the
     # kernels are first defined)
-    import fairseq_quant.kernels.deployment as deployment
+    import fairseq_quant.deploy.triton as deployment
 
     monkeypatch.setattr(deployment, "uses_triton", lambda t: False)
     model = calibrated(W8A8)
@@ -333,7 +332,7 @@ def test_evaluate_onnx_flag_misuse_is_a_usage_error(qat_run, tiny_data, tmp_path
 
 def test_console_command_exports(qat_run, tiny_data, tmp_path):
     out = tmp_path / "m.onnx"
-    proc = subprocess.run([sys.executable, "-m", "fairseq_quant.export.cli", "--checkpoint",
+    proc = subprocess.run([sys.executable, "-m", "fairseq_quant.cli.export", "--checkpoint",
                            str(qat_run / "checkpoint_last.pt"), "--data", str(tiny_data), "--out", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=REPO,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -353,7 +352,7 @@ def test_cpt_checkpoint_exports_at_its_evaluation_bits(tiny_data, tmp_path, caps
 
 
 def test_evaluate_backend_triton_on_a_cpu_warns_and_evaluates_fake(qat_run, tiny_data, capsys, monkeypatch):
-    import fairseq_quant.kernels.deployment as deployment
+    import fairseq_quant.deploy.triton as deployment
 
     monkeypatch.setattr(deployment, "uses_triton", lambda t: False)  # a CPU without Triton's interpreter
     common = ("--checkpoint", str(qat_run / "checkpoint_last.pt"), "--data", str(tiny_data))

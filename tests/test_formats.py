@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairseq_quant.formats import (
+from fairseq_quant.core.formats import (
     FORMAT_PATTERNS,
     IntFormat,
     Minifloat,

@@ -1,4 +1,4 @@
-"""Tests for ``fairseq_quant/glue.py`` (GLUE TSVs -> fairseq binaries), ``scripts/preproc.bash`` and
+"""Tests for ``fairseq_quant/data/glue.py`` (GLUE TSVs -> fairseq binaries), ``scripts/preproc.bash`` and
 ``scripts/download_glue.py`` (archive unpacking and MRPC formatting on local files; no network)."""
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ from fairseq.logging import metrics
 from fairseq.tasks.sentence_prediction import SentencePredictionConfig as TaskConfig
 from fairseq.tasks.sentence_prediction import SentencePredictionTask
 
-from fairseq_quant.glue import (
+from fairseq_quant.cli.glue import main
+from fairseq_quant.data.glue import (
     TASKS,
     GlueFormatError,
     TokenizerSpec,
     fairseq_train_flags,
-    main,
     official_metrics,
     prepare_glue_task,
     task_metric,

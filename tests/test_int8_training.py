@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from conftest import fairseq_train
 from helpers import tiny_batch, tiny_model
 
-from fairseq_quant.kernels import int8_linear
-from fairseq_quant.kernels.int8_training import check_int8_training_args
+from fairseq_quant.plugin.int8_training import check_int8_training_args, int8_linear
 
 HEAD = "sentence_classification_head"
 

@@ -3,7 +3,7 @@ TRITON_INTERPRET=1 where there is no GPU), compiled on a GPU when one is present
 import pytest
 import torch
 
-from fairseq_quant.formats import fake_quant_int, get_format
+from fairseq_quant.core.formats import fake_quant_int, get_format
 from fairseq_quant.kernels import (
     quantize_rows,
     quantize_rows_reference,

@@ -6,7 +6,7 @@ from conftest import fairseq_train
 from helpers import tiny_batch, tiny_model
 
 from fairseq_quant import quantizers
-from fairseq_quant.checkpoint import load_checkpoint
+from fairseq_quant.plugin.checkpoint import load_checkpoint
 
 HEAD = "sentence_classification_head"
 

@@ -13,10 +13,10 @@ from conftest import PLUGIN_DIR, TINY_TRAIN, fairseq_train, run_evaluate
 from helpers import tiny_batch, tiny_model
 
 from fairseq_quant import QuantMeasure, QuantSpec
-from fairseq_quant.checkpoint import load_checkpoint
-from fairseq_quant.formats import get_format
-from fairseq_quant.layers import QuantizedMultiheadAttention
-from fairseq_quant.recipe import QuantRecipe, RecipeError
+from fairseq_quant.core.formats import get_format
+from fairseq_quant.plugin.checkpoint import load_checkpoint
+from fairseq_quant.plugin.layers import QuantizedMultiheadAttention
+from fairseq_quant.plugin.recipe import QuantRecipe, RecipeError
 
 HEAD = "sentence_classification_head"
 ALL_OPS = "gemm,act,norm,attn_scaling,residual"
@@ -183,7 +183,7 @@ def test_patterns_apply_in_order_and_unmatched_keys_are_reported():
     assert specs["encoder.sentence_encoder.layers.0.fc1.weight_quant"].mode == "off"
     assert specs["encoder.sentence_encoder.layers.0.fc2.weight_quant"].bits == 8  # the later key wins
     assert specs["encoder.sentence_encoder.layers.1.fc1.input_quant"].format == "e3m2"
-    from fairseq_quant.recipe import point_names
+    from fairseq_quant.plugin.recipe import point_names
 
     assert recipe.unmatched_points(point_names(model)) == ["*.nothing.*"]
 

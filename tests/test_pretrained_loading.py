@@ -8,7 +8,7 @@ import torch
 from conftest import PLAIN_ROBERTA, fairseq_train
 
 from fairseq_quant import QuantMeasure, QuantRobertaModel
-from fairseq_quant.checkpoint import load_checkpoint
+from fairseq_quant.plugin.checkpoint import load_checkpoint
 
 HEAD = "sentence_classification_head"
 

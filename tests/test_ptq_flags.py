@@ -9,7 +9,7 @@ from fairseq import options
 from helpers import tiny_batch, tiny_model
 
 from fairseq_quant import QuantMeasure, QuantSpec
-from fairseq_quant.recipe import RecipeError, parse_quant_dict
+from fairseq_quant.plugin.recipe import RecipeError, parse_quant_dict
 
 HEAD = "sentence_classification_head"
 PRE = "encoder.sentence_encoder.layers.0."

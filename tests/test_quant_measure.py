@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 
-from fairseq_quant.estimators import current_minmax, int_qparams
-from fairseq_quant.formats import fake_quant_int, int_grid
-from fairseq_quant.quant_measure import QuantMeasure
-from fairseq_quant.spec import QuantSpec
+from fairseq_quant.core.estimators import current_minmax, int_qparams
+from fairseq_quant.core.formats import fake_quant_int, int_grid
+from fairseq_quant.core.quant_measure import QuantMeasure
+from fairseq_quant.core.spec import QuantSpec
 
 
 def qm(**kw) -> QuantMeasure:

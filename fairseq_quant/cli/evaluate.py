@@ -5,7 +5,7 @@ checkpoint was trained with; ranges come from the current batch or, with ``--cal
 the calibration split. Checkpoints of the plain ``roberta*`` architectures are evaluated as ``quant_roberta``
 (same parameters), so they can be post-training quantized too. ``--backend`` chooses what executes the model: its
 fake quantization in PyTorch, the Triton INT8/FP8 kernels (GPU), or ONNX Runtime (CPU) on its ONNX export.
-Loading and calibration are ``fairseq_quant.loader`` and ``fairseq_quant.ptq.calibrate``.
+Loading and calibration are ``fairseq_quant.ptq.loader`` and ``fairseq_quant.ptq.calibrate``.
 
     python scripts/evaluate.py --checkpoint FILE --data DATA_BIN --split valid [quantization flags]
 """
@@ -21,9 +21,10 @@ import tempfile
 
 import torch
 
-from .commands import add_calibration_args, add_checkpoint_args, command_logging
-from .glue import task_metric
-from .loader import (
+from ..data.glue import task_metric
+from ..plugin.recipe import add_quant_args, describe
+from ..ptq.calibrate import calibrate
+from ..ptq.loader import (
     LoadError,
     batches,
     check_data_paths,
@@ -34,10 +35,9 @@ from .loader import (
     score,
     to_device,
 )
-from .ptq.calibrate import calibrate
-from .recipe import add_quant_args, describe
+from .common import add_calibration_args, add_checkpoint_args, command_logging
 
-logger = logging.getLogger("fairseq_quant.evaluate")
+logger = logging.getLogger("fairseq_quant.cli.evaluate")
 
 __all__ = ["BACKENDS", "build_parser", "evaluate", "cli_main", "EvaluateError"]
 
@@ -172,8 +172,8 @@ def evaluate(opts: argparse.Namespace) -> dict:
 def run_onnxruntime(model, opts: argparse.Namespace, head: str, tmp_path: str):
     """``--backend onnxruntime``: the model exported to ``tmp_path`` (or ``--onnx``) in an ONNX Runtime session;
     returns its ``src_tokens -> logits``."""
-    from .export import ExportError, export_onnx
-    from .export.runtime import OrtClassifier
+    from ..deploy import ExportError, export_onnx
+    from ..deploy.runtime import OrtClassifier
 
     path = opts.onnx
     if path is None:
@@ -191,7 +191,7 @@ def run_onnxruntime(model, opts: argparse.Namespace, head: str, tmp_path: str):
 def run_deploy(model) -> int:
     """``--backend triton``: the model's quantized linear layers in real INT8/FP8 (on a GPU, or in Triton's
     interpreter); returns how many. On a CPU the model keeps its fake quantization (``deploy`` warns)."""
-    from .kernels import DeployError, deploy
+    from ..deploy.triton import DeployError, deploy
 
     try:
         report = deploy(model)
@@ -204,7 +204,7 @@ def run_adaround(model, task, opts, device) -> float:
     """AdaRound the model's quantized weights on ``--adaround-batches`` batches of ``--calib-split`` (after the
     input ranges are calibrated, so W4A8 fits with quantized inputs). Returns the mean over layers of the
     reconstruction MSE of AdaRound relative to round-to-nearest."""
-    from .ptq.adaround import adaround_model
+    from ..ptq.adaround import adaround_model
 
     w = model.quant_recipe.weight
     if w.mode != "quantize" or not w.is_int:

@@ -21,10 +21,11 @@ from fairseq.utils import safe_getattr
 from omegaconf import open_dict
 from torch import nn
 
-from ..bitops import BitOpsCounter
-from ..cpt import CyclicPrecision, add_cpt_args, cpt_config_from_args, total_updates
-from ..kernels.int8_training import add_int8_training_args, check_int8_training_args, set_int8_training
-from ..recipe import (
+from ..core.schedule import CPTConfig, CPTConfigError, parse_eval_bits
+from .bitops import BitOpsCounter
+from .cpt import CyclicPrecision, add_cpt_args, cpt_config_from_args, total_updates
+from .int8_training import add_int8_training_args, check_int8_training_args, set_int8_training
+from .recipe import (
     QuantRecipe,
     add_quant_args,
     apply_recipe,
@@ -33,7 +34,6 @@ from ..recipe import (
     quantize_model,
     set_quant_defaults,
 )
-from ..schedule import CPTConfig, CPTConfigError, parse_eval_bits
 
 logger = logging.getLogger(__name__)
 

@@ -53,7 +53,6 @@ import errno
 import json
 import math
 import shutil
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +66,6 @@ __all__ = [
     "ConversionWarning",
     "SUPPORTED_ACTIVATIONS",
     "SUPPORTED_MODEL_TYPES",
-    "cli_main",
     "convert",
 ]
 
@@ -555,7 +553,7 @@ def _map_weights(src: _Source, arch: _Arch, vocab: _Vocab, config: dict[str, Any
 def _checkpoint_args(arch: _Arch, flags: list[str]) -> argparse.Namespace:
     """The ``args`` of an old-style checkpoint: quant_roberta's options parsed from ``flags``, as fairseq-train
     would, for the masked_lm task (what ``from_pretrained`` sets up, with ``dict.txt`` beside ``model.pt``)."""
-    from .models.quant_roberta import QuantRobertaModel, quant_roberta_architecture
+    from ..plugin.quant_roberta import QuantRobertaModel, quant_roberta_architecture
 
     parser = argparse.ArgumentParser(argument_default=argparse.SUPPRESS)
     QuantRobertaModel.add_args(parser)
@@ -668,34 +666,3 @@ def convert(hf_dir: str | Path, out_dir: str | Path, *, force: bool = False, num
         warnings.warn(message, ConversionWarning, stacklevel=2)
     return ConversionResult(out_dir=out_dir, checkpoint=out_dir / "model.pt", dictionary=out_dir / "dict.txt",
                             fairseq_args=flags, num_embeddings=n_rows, warnings=list(mapped.warnings))
-
-
-def cli_main(argv: list[str] | None = None) -> None:
-    """``fairseq-quant-convert-hf HF_DIR OUT_DIR [--force] [--num-classes N]``."""
-    parser = argparse.ArgumentParser(
-        prog="fairseq-quant-convert-hf",
-        description="Convert a local Hugging Face BERT/RoBERTa encoder into a fairseq RoBERTa checkpoint "
-                    "(quant_roberta): OUT_DIR/model.pt, dict.txt, fairseq_args.txt, conversion.json.")
-    parser.add_argument("hf_dir", metavar="HF_DIR", help="Hugging Face model directory (config.json, weights, vocab)")
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="where to write the fairseq checkpoint")
-    parser.add_argument("--force", action="store_true", help="overwrite existing output files")
-    parser.add_argument("--num-classes", type=int, default=2, metavar="N",
-                        help="classes of the classification head that carries BERT's pooler; fine-tune with the "
-                             "same --num-classes to keep the pooler (default 2; 0 leaves the pooler out)")
-    opts = parser.parse_args(argv)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConversionWarning)  # printed below, without a source line
-            result = convert(opts.hf_dir, opts.out_dir, force=opts.force, num_classes=opts.num_classes)
-    except (ConversionError, FileNotFoundError, FileExistsError) as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
-    for message in result.warnings:
-        print(f"{parser.prog}: warning: {message}", file=sys.stderr)
-    print(f"wrote {result.checkpoint} ({result.num_embeddings} embedding rows), {result.dictionary}, "
-          f"fairseq_args.txt and conversion.json in {result.out_dir}")
-    print("fairseq-train flags:", " ".join(result.fairseq_args))
-    sys.stdout.flush()
-
-
-if __name__ == "__main__":
-    cli_main()

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..kernels.int8_training import set_int8_training
-from ..layers import QuantizedLinear, QuantizedMultiheadAttention, quantizers
-from ..quant_measure import QuantMeasure
-from ..recipe import QuantRecipe, describe
+from ..core.quant_measure import QuantMeasure
+from ..plugin.int8_training import set_int8_training
+from ..plugin.layers import QuantizedLinear, QuantizedMultiheadAttention, quantizers
+from ..plugin.recipe import QuantRecipe, describe
 from .qdq import DOMAIN, ExportError, OnnxPoint, onnx_point, wide_qdq_to_standard
 
 __all__ = ["ExportReport", "export_onnx", "onnx_twin", "OPSET"]

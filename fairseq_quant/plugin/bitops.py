@@ -21,8 +21,8 @@ import torch
 from fairseq.logging import metrics
 from torch import nn
 
+from ..core.spec import QuantSpec
 from .layers import QuantizedLinear, QuantizedMultiheadAttention
-from .spec import QuantSpec
 
 __all__ = ["BitOpsCounter", "operand_bits"]
 

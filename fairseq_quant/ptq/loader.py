@@ -18,9 +18,9 @@ import torch
 from fairseq import checkpoint_utils, tasks
 from omegaconf import open_dict
 
-from .glue import STAMP, get_task, task_metric
-from .metrics import classification_metrics, regression_metrics
-from .recipe import QUANT_DEFAULTS, QuantRecipe
+from ..data.glue import STAMP, get_task, task_metric
+from ..data.metrics import classification_metrics, regression_metrics
+from ..plugin.recipe import QUANT_DEFAULTS, QuantRecipe
 
 __all__ = [
     "LoadError",
@@ -124,7 +124,7 @@ def load_model_and_task(checkpoint: str, data: str, overrides: Mapping | None = 
 
 
 def glue_task(data: str) -> str | None:
-    """The GLUE task named in ``DATA/glue_task.json`` (written by ``fairseq_quant.glue``), if any."""
+    """The GLUE task named in ``DATA/glue_task.json`` (written by ``fairseq-quant-glue``), if any."""
     stamp = os.path.join(data, STAMP)
     if not os.path.isfile(stamp):
         return None
@@ -211,7 +211,7 @@ def score(preds: np.ndarray, targets: np.ndarray, regression: bool) -> dict:
 
 def official_metric(data: str, regression: bool) -> str:
     """The metric that counts for ``data``: the official GLUE metric where the data were made by
-    ``fairseq_quant.glue`` (``glue_task.json``: mcc for CoLA, f1 for MRPC ...), otherwise accuracy, or Pearson
+    ``fairseq_quant.data.glue`` (``glue_task.json``: mcc for CoLA, f1 for MRPC ...), otherwise accuracy, or Pearson
     correlation for regression."""
     glue = glue_task(data)
     return task_metric(glue)[0] if glue else "pearson" if regression else "accuracy"

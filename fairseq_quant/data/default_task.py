@@ -1,7 +1,7 @@
 """The embedded default task: synthetic two-class sentiment in GLUE SST-2 format, generated from a seed.
 
 The quickstart, the tests and small experiments fine-tune on this task, so they need no download and no network.
-It is pure Python (no torch, no fairseq): ``python -m fairseq_quant.default_task OUT_DIR`` writes
+It is pure Python (no torch, no fairseq): ``python -m fairseq_quant.data.default_task OUT_DIR`` writes
 ``OUT_DIR/train.tsv`` and ``OUT_DIR/dev.tsv`` with the header ``sentence<TAB>label``;
 ``scripts/prepare_default_task.sh`` then binarises them for fairseq's ``sentence_prediction`` task.
 
@@ -192,9 +192,9 @@ def make_default_task(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m fairseq_quant.default_task OUT_DIR [--n-train N] [--n-dev N] [--seed S] ...``."""
+    """Command line: ``python -m fairseq_quant.data.default_task OUT_DIR [--n-train N] [--n-dev N] [--seed S] ...``."""
     parser = argparse.ArgumentParser(
-        prog="python -m fairseq_quant.default_task",
+        prog="python -m fairseq_quant.data.default_task",
         description="Write the synthetic default task (GLUE SST-2 format: train.tsv, dev.tsv) to OUT_DIR.",
     )
     parser.add_argument("out_dir", metavar="OUT_DIR", help="directory for train.tsv and dev.tsv")

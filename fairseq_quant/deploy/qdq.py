@@ -28,8 +28,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..formats import fake_quant_int, int_values
-from ..quant_measure import QParams, QuantMeasure
+from ..core.formats import fake_quant_int, int_values
+from ..core.quant_measure import QParams, QuantMeasure
 
 __all__ = ["ExportError", "OnnxPoint", "onnx_point", "FLOAT8"]
 

@@ -10,8 +10,8 @@ import argparse
 import logging
 import math
 
-from .jsonfiles import validated_file_type
-from .schedule import CPTConfig, CPTConfigError, CyclicPrecisionScheduler, load_cpt_config, parse_eval_bits
+from ..core.jsonfiles import validated_file_type
+from ..core.schedule import CPTConfig, CPTConfigError, CyclicPrecisionScheduler, load_cpt_config, parse_eval_bits
 
 __all__ = ["add_cpt_args", "cpt_config_from_args", "total_updates", "CyclicPrecision"]
 

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field, fields, replace
 from fairseq.modules import MultiheadAttention
 from torch import nn
 
-from .formats import MAX_BITS, MIN_BITS, ROUNDINGS, get_format
-from .jsonfiles import validated_file_type
+from ..core.formats import MAX_BITS, MIN_BITS, ROUNDINGS, get_format
+from ..core.jsonfiles import validated_file_type
+from ..core.quant_measure import QuantMeasure
+from ..core.spec import ESTIMATORS, MODES, SCALINGS, QuantSpec, float_format_error
 from .layers import (
     QuantizedActivation,
     QuantizedEmbedding,
@@ -31,8 +33,6 @@ from .layers import (
     QuantizedMultiheadAttention,
     quantize_residuals,
 )
-from .quant_measure import QuantMeasure
-from .spec import ESTIMATORS, MODES, SCALINGS, QuantSpec, float_format_error
 
 __all__ = [
     "OPS",

@@ -14,12 +14,12 @@ import json
 import os
 import tempfile
 
-from ..commands import add_calibration_args, add_checkpoint_args, command_logging
-from ..loader import LoadError, check_data_paths, load_model_and_task, quant_overrides
+from ..deploy.onnx_export import export_onnx
+from ..deploy.qdq import ExportError
+from ..plugin.recipe import add_quant_args, describe
 from ..ptq.calibrate import calibrate
-from ..recipe import add_quant_args, describe
-from .onnx_export import export_onnx
-from .qdq import ExportError
+from ..ptq.loader import LoadError, check_data_paths, load_model_and_task, quant_overrides
+from .common import add_calibration_args, add_checkpoint_args, command_logging
 
 __all__ = ["build_parser", "cli_main", "export_checkpoint"]
 
@@ -69,7 +69,7 @@ def export_checkpoint(opts: argparse.Namespace) -> dict:
                      torch.device("cpu"), opts.calib_skip_padding)
     head = task.cfg.classification_head_name
     if opts.ort_dynamic:
-        from .runtime import quantize_dynamic_peer
+        from ..deploy.runtime import quantize_dynamic_peer
 
         out_dir = os.path.dirname(os.path.abspath(opts.out))
         if not os.path.isdir(out_dir):
