@@ -76,7 +76,7 @@ def onnx_twin(model: nn.Module, head: str = HEAD, fp32: bool = False) -> tuple[n
     twin = copy.deepcopy(model).eval()
     if fp32:
         twin.set_quant_recipe(QuantRecipe.from_dict({"ops": []}))
-    if any(getattr(m, "int8_training", None) for m in twin.modules() if isinstance(m, QuantizedLinear)):
+    if any(m.linear_fn is not None for m in twin.modules() if isinstance(m, QuantizedLinear)):
         set_int8_training(twin, "off")
         logger.warning("export: the linear layers ran with --int8-training (dynamic INT8 matmuls, a training "
                        "technique); the exported graph uses their quantization points' grids instead")

@@ -11,11 +11,13 @@ stochastically (unbiased); the Triton kernel draws the noise in registers, so it
 from __future__ import annotations
 
 import argparse
+import functools
 
 import torch
 from torch import nn
 
 from ..kernels.ops import quantize_rows, scaled_mm
+from .layers import QuantizedLinear, QuantizedMultiheadAttention
 
 __all__ = ["INT8_TRAINING_MODES", "add_int8_training_args", "int8_linear", "set_int8_training"]
 
@@ -80,15 +82,13 @@ def int8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 def set_int8_training(model: nn.Module, mode: str, stochastic: bool = False) -> int:
     """Run every ``QuantizedLinear`` of ``model`` through ``int8_linear`` with ``mode`` (``off`` restores
-    F.linear); attention then takes fairseq's module path so its projections are these layers. Returns the
-    number of layers set."""
-    from .layers import QuantizedLinear, QuantizedMultiheadAttention
-
+    F.linear): installed as the layer's ``linear_fn``; attention then takes fairseq's module path so its
+    projections are these layers. Returns the number of layers set."""
     _check_mode(mode)
     n = 0
     for m in model.modules():
         if isinstance(m, QuantizedLinear):
-            m.int8_training = None if mode == "off" else (mode, stochastic)
+            m.linear_fn = None if mode == "off" else functools.partial(int8_linear, mode=mode, stochastic=stochastic)
             n += 1
         elif isinstance(m, QuantizedMultiheadAttention):
             m.module_path = mode != "off"

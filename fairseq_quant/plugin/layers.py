@@ -21,7 +21,6 @@ from torch import nn
 
 from ..core.quant_measure import QuantMeasure
 from ..core.spec import QuantSpec
-from .int8_training import int8_linear
 
 __all__ = [
     "QuantizedActivation",
@@ -54,7 +53,9 @@ class QuantizedLinear(nn.Linear):
     input_quant: QuantMeasure | None
     weight_quant: QuantMeasure | None
     output_quant: QuantMeasure | None
-    int8_training: tuple[str, bool] | None = None  # (mode, stochastic): see kernels.int8_training
+    # the product itself, ``F.linear`` unless a backend installs another with the same signature (INT8 training:
+    # ``int8_training.set_int8_training``)
+    linear_fn = None
 
     @classmethod
     def wrap(
@@ -78,10 +79,7 @@ class QuantizedLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, w = through(self.input_quant, x), through(self.weight_quant, self.weight)
-        if self.int8_training is None:
-            y = F.linear(x, w, self.bias)
-        else:
-            y = int8_linear(x, w, self.bias, *self.int8_training)
+        y = (self.linear_fn or F.linear)(x, w, self.bias)
         return through(self.output_quant, y)
 
 
