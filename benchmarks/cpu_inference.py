@@ -27,9 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import HEAD, build_roberta, print_table, random_tokens, write_json  # noqa: E402
 
+from fairseq_quant.core.recipe import QuantRecipe  # noqa: E402
 from fairseq_quant.deploy import export_onnx  # noqa: E402
 from fairseq_quant.deploy.runtime import OrtClassifier, quantize_dynamic_peer  # noqa: E402
-from fairseq_quant.plugin.recipe import QuantRecipe  # noqa: E402
 
 W8A8 = ["--quantw", "--quantin"]
 BASELINE = "torch FP32 eager"

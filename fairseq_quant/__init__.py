@@ -8,10 +8,12 @@ import fairseq_quant_patches
 fairseq_quant_patches.apply_all()
 
 from .core.quant_measure import QuantMeasure  # noqa: E402
+from .core.recipe import QuantRecipe  # noqa: E402
 from .core.spec import QuantSpec  # noqa: E402
 from .plugin import QuantRobertaModel  # noqa: E402  (registers quant_roberta and its architectures)
 from .plugin.layers import QuantizedLinear, QuantizedMultiheadAttention, quantizers  # noqa: E402
-from .plugin.recipe import QuantRecipe, add_quant_args, apply_recipe, quantize_model, set_quant_defaults  # noqa: E402
+from .plugin.options import add_quant_args, recipe_from_args, set_quant_defaults  # noqa: E402
+from .plugin.quantize import apply_recipe, quantize_model  # noqa: E402
 
 __all__ = [
     "QuantMeasure",
@@ -24,5 +26,6 @@ __all__ = [
     "apply_recipe",
     "quantize_model",
     "quantizers",
+    "recipe_from_args",
     "set_quant_defaults",
 ]

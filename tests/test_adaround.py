@@ -10,7 +10,7 @@ from torch import nn
 
 from fairseq_quant.core.estimators import current_minmax, int_qparams
 from fairseq_quant.core.quant_measure import QuantMeasure
-from fairseq_quant.core.spec import QuantSpec
+from fairseq_quant.core.spec import QuantSpec, int_format
 from fairseq_quant.plugin.layers import QuantizedLinear, quantizers
 from fairseq_quant.ptq.adaround import adaround_model, adaround_weight
 
@@ -32,7 +32,8 @@ def output_mse(w_hat: torch.Tensor, w: torch.Tensor, x: torch.Tensor) -> float:
 
 
 def weight_quantizer(bits: int, channels: int, **kw) -> QuantMeasure:
-    spec = QuantSpec(mode="quantize", bits=bits, dynamic=True, **{"per_channel": True, **kw})
+    signed = kw.pop("signed", True)
+    spec = QuantSpec(mode="quantize", format=int_format(bits, signed), dynamic=True, **{"per_channel": True, **kw})
     return QuantMeasure(spec, channels=channels).eval()
 
 
@@ -86,7 +87,7 @@ def test_rounded_weight_is_on_the_grid_and_requantizes_unchanged(bits, signed, s
 def test_int4_per_channel_quant_measure_returns_it_unchanged():
     w, x, _ = correlated_layer(seed=2, rows=512)
     rounded, _ = adaround_weight(w, x, bits=4, iters=100, batch_size=128)
-    quant = QuantMeasure(QuantSpec(mode="quantize", bits=4, per_channel=True, dynamic=True), channels=32)
+    quant = QuantMeasure(QuantSpec(mode="quantize", format="int4", per_channel=True, dynamic=True), channels=32)
     assert torch.equal(quant(rounded), rounded)
     assert rounded.abs().amax(1).equal(weight_quantizer(4, 32)(w).abs().amax(1))  # the range stays the same
 
@@ -121,7 +122,7 @@ def test_deterministic_given_generator_and_idempotent():
 def test_input_quant_rounds_for_quantized_inputs_against_float_targets():
     # W4A8: measured MSE 0.01264 (nearest) -> 0.00700 (AdaRound), ratio 1.80
     w, x, _ = correlated_layer()
-    act = QuantMeasure(QuantSpec(mode="quantize", bits=8, symmetric=False, dynamic=True)).eval()
+    act = QuantMeasure(QuantSpec(mode="quantize", format="int8", symmetric=False, dynamic=True)).eval()
     rounded, report = adaround_weight(w, x, bits=4, iters=500, batch_size=256, input_quant=act)
     nearest = weight_quantizer(4, 32)(w)
     xq = act(x)
@@ -224,7 +225,7 @@ def test_adaround_model_skips_layers_and_refuses_another_grid():
 
 
 def test_adaround_model_refuses_a_layer_that_never_runs():
-    spec = QuantSpec(mode="quantize", bits=4, per_channel=True, dynamic=True)
+    spec = QuantSpec(mode="quantize", format="int4", per_channel=True, dynamic=True)
     model = nn.Sequential(QuantizedLinear.wrap(nn.Linear(8, 8), None, spec),
                           QuantizedLinear.wrap(nn.Linear(8, 8), None, spec))
     with pytest.raises(RuntimeError, match="1: the layer never ran"):

@@ -104,8 +104,8 @@ def test_attention_operands_are_quantized_not_bypassed():
 
 def test_quantized_linear_output_quantizer_and_repr():
     lin = nn.Linear(4, 3)
-    spec = QuantSpec(mode="quantize", bits=4, dynamic=True)
-    w_spec = QuantSpec(mode="quantize", bits=4, per_channel=True, dynamic=True)
+    spec = QuantSpec(mode="quantize", format="int4", dynamic=True)
+    w_spec = QuantSpec(mode="quantize", format="int4", per_channel=True, dynamic=True)
     q = QuantizedLinear.wrap(lin, spec, w_spec, spec)
     assert q is lin and isinstance(q, nn.Linear)
     assert set(dict(q.named_parameters())) == {"weight", "bias"}  # names unchanged: checkpoints still load

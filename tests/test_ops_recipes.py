@@ -14,9 +14,9 @@ from helpers import tiny_batch, tiny_model
 
 from fairseq_quant import QuantMeasure, QuantSpec
 from fairseq_quant.core.formats import get_format
+from fairseq_quant.core.recipe import QuantRecipe, RecipeError
 from fairseq_quant.plugin.checkpoint import load_checkpoint
 from fairseq_quant.plugin.layers import QuantizedMultiheadAttention
-from fairseq_quant.plugin.recipe import QuantRecipe, RecipeError
 
 HEAD = "sentence_classification_head"
 ALL_OPS = "gemm,act,norm,attn_scaling,residual"
@@ -76,7 +76,7 @@ def test_gradient_format_rounds_gradients_to_e5m2_after_amax_scaling():
 
 def test_stochastic_int_rounding_is_unbiased():
     torch.manual_seed(0)
-    q = QuantMeasure(QuantSpec(mode="quantize", bits=4, dynamic=True, rounding="stochastic"))
+    q = QuantMeasure(QuantSpec(mode="quantize", format="int4", dynamic=True, rounding="stochastic"))
     x = torch.full((20000,), 0.3)
     x[0] = 7.0  # the range: scale 7/7 = 1, so 0.3 lies between the grid points 0 and 1
     y = q(x)
@@ -85,10 +85,9 @@ def test_stochastic_int_rounding_is_unbiased():
 
 
 def test_bad_spec_values_name_the_field():
-    with pytest.raises(ValueError, match="format must be 'int' or a floating-point format.*accepted"):
+    with pytest.raises(ValueError, match="format must be intN, uintN .* or a floating-point format.*accepted"):
         QuantSpec(format="fp9")
-    with pytest.raises(ValueError, match="is an integer format: use format 'int' with bits=4"):
-        QuantSpec(format="int4")
+    assert QuantSpec(format="int4").bits == 4 and not QuantSpec(format="uint4").signed  # one value: the grid
     with pytest.raises(ValueError, match="scaling must be one of"):
         QuantSpec(scaling="max")
 
@@ -183,7 +182,7 @@ def test_patterns_apply_in_order_and_unmatched_keys_are_reported():
     assert specs["encoder.sentence_encoder.layers.0.fc1.weight_quant"].mode == "off"
     assert specs["encoder.sentence_encoder.layers.0.fc2.weight_quant"].bits == 8  # the later key wins
     assert specs["encoder.sentence_encoder.layers.1.fc1.input_quant"].format == "e3m2"
-    from fairseq_quant.plugin.recipe import point_names
+    from fairseq_quant.plugin.quantize import point_names
 
     assert recipe.unmatched_points(point_names(model)) == ["*.nothing.*"]
 
@@ -213,7 +212,7 @@ def test_bad_recipes_name_the_offending_key(data, message):
 
 @pytest.mark.parametrize("flags, message", [
     (["--formatw", "fp8"], "argument --formatw: unknown number format 'fp8'"),
-    (["--formatin", "int4"], "use format 'int' with bits=4"),
+    (["--formatin", "int4"], "is an integer format: give 'int' here and its width with --bitsw/--bitsin 4"),
     (["--quantize-ops", "gemm,softmax"], "argument --quantize-ops: invalid operation"),
     (["--quantin", "--formatgrad", "int8"], "argument --formatgrad: 'int8' is an integer format"),
     (["--quant-recipe", "RECIPE"], r"bad.json: points\.P: quantizer mode must be one of"),

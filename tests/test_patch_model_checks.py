@@ -6,14 +6,14 @@ from fairseq_quant_patches import model_checks_args
 
 import fairseq_quant  # noqa: F401  (applies every patch, in their order)
 
-BAD = ["data", *TINY_TRAIN, "--layernorm-eps", "-1"]
+BAD = ["data", *TINY_TRAIN, "--quantw", "--measurew"]  # each flag valid, the two together not
 
 
 def test_model_check_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         options.parse_args_and_arch(options.get_training_parser(), BAD)
     assert e.value.code == 2
-    assert "error: --layernorm-eps must be positive, got -1.0" in capsys.readouterr().err
+    assert "error: --quantw and --measurew cannot be combined" in capsys.readouterr().err
 
 
 def test_without_the_patch_fairseq_accepts_the_combination():
@@ -21,7 +21,7 @@ def test_without_the_patch_fairseq_accepts_the_combination():
     while hasattr(unpatched, "__wrapped__"):  # fairseq's own function, under every patch
         unpatched = unpatched.__wrapped__
     args = unpatched(options.get_training_parser(), BAD)
-    assert args.layernorm_eps == -1.0  # accepted: only build_model, later, would refuse it
+    assert args.quantw and args.measurew  # accepted: only build_model, later, would refuse it
 
 
 def test_apply_is_idempotent():

@@ -9,7 +9,7 @@ from fairseq import options
 from helpers import tiny_batch, tiny_model
 
 from fairseq_quant import QuantMeasure, QuantSpec
-from fairseq_quant.plugin.recipe import RecipeError, parse_quant_dict
+from fairseq_quant.core.recipe import RecipeError, parse_quant_dict
 
 HEAD = "sentence_classification_head"
 PRE = "encoder.sentence_encoder.layers.0."
@@ -122,9 +122,11 @@ def test_calibration_can_leave_padding_out():
 
 def test_bad_ptq_flags_are_usage_errors(capsys):
     for flags, message in ((["--estimatorin", "mean"], "argument --estimatorin: invalid choice"),
-                           (["--percentile", "40"], "invalid percentile '40': expected a number in (50, 100]"),
+                           (["--percentile", "40"],
+                            "invalid percentile '40': percentile must be a number in (50, 100]"),
                            (["--quantin", "--formatin", "e4m3", "--estimatorin", "mse"],
-                            "mse and mse_grid search integer grids")):
+                            "input flags (--bitsin, --formatin, --estimatorin, --qparams-momentum): estimator 'mse' "
+                            "searches integer grids")):
         with pytest.raises(SystemExit):
             options.parse_args_and_arch(options.get_training_parser(), ["data", *TINY_TRAIN, *flags])
         assert message in capsys.readouterr().err

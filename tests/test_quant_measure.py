@@ -7,11 +7,14 @@ import torch
 from fairseq_quant.core.estimators import current_minmax, int_qparams
 from fairseq_quant.core.formats import fake_quant_int, int_grid
 from fairseq_quant.core.quant_measure import QuantMeasure
-from fairseq_quant.core.spec import QuantSpec
+from fairseq_quant.core.spec import QuantSpec, int_format
 
 
 def qm(**kw) -> QuantMeasure:
+    """A quantizer of ``kw`` (QuantSpec fields; ``bits``/``signed`` name the integer format)."""
     kw.setdefault("mode", "quantize")
+    if "bits" in kw or "signed" in kw:
+        kw["format"] = int_format(kw.pop("bits", 8), kw.pop("signed", True))
     return QuantMeasure(QuantSpec(**kw))
 
 
@@ -66,12 +69,12 @@ def test_error_within_half_a_step_inside_range(bits, symmetric):
 
 def test_per_channel_weight_ranges():
     w = torch.tensor([[1.0, -0.5, 0.25], [100.0, 50.0, -25.0]])
-    m = QuantMeasure(QuantSpec(mode="quantize", bits=3, per_channel=True, dynamic=True), channels=2)
+    m = QuantMeasure(QuantSpec(mode="quantize", format="int3", per_channel=True, dynamic=True), channels=2)
     y = m(w)
     # per channel: scales 1/3 and 100/3, so the small row keeps its resolution
     torch.testing.assert_close(y[0], torch.tensor([1.0, -2 / 3, 1 / 3]))
     torch.testing.assert_close(y[1], torch.tensor([100.0, 200 / 3, -100 / 3]))
-    per_tensor = QuantMeasure(QuantSpec(mode="quantize", bits=3, dynamic=True))(w)
+    per_tensor = QuantMeasure(QuantSpec(mode="quantize", format="int3", dynamic=True))(w)
     assert torch.equal(per_tensor[0], torch.tensor([0.0, 0.0, 0.0]))
 
 
@@ -182,7 +185,7 @@ def test_inf_and_nan_do_not_poison_ranges():
 
 
 def test_per_channel_nan_row_keeps_other_rows():
-    m = QuantMeasure(QuantSpec(mode="quantize", bits=8, per_channel=True, dynamic=True), channels=2)
+    m = QuantMeasure(QuantSpec(mode="quantize", format="int8", per_channel=True, dynamic=True), channels=2)
     w = torch.tensor([[math.nan, math.nan], [1.0, -1.0]])
     y = m(w)
     assert torch.isnan(y[0]).all() and torch.equal(y[1], torch.tensor([1.0, -1.0]))
@@ -190,9 +193,11 @@ def test_per_channel_nan_row_keeps_other_rows():
 
 def test_spec_validation_names_allowed_values():
     with pytest.raises(ValueError, match="from 2 to 16"):
-        QuantSpec(bits=1)
+        QuantSpec(format="int1")
     with pytest.raises(ValueError, match="from 2 to 16"):
-        QuantSpec(bits=8.5)
+        QuantSpec(format="uint17")
+    with pytest.raises(ValueError, match="intN, uintN"):
+        QuantSpec(format="int")
     with pytest.raises(ValueError, match="'off', 'measure', 'quantize'"):
         QuantSpec(mode="fast")
 

@@ -18,7 +18,7 @@ from fairseq.models import register_model, register_model_architecture
 from fairseq.models.transformer import TransformerModel, base_architecture, transformer_iwslt_de_en
 from fairseq.utils import safe_getattr
 
-from fairseq_quant import QuantRecipe, add_quant_args, quantize_model, set_quant_defaults
+from fairseq_quant import QuantRecipe, add_quant_args, quantize_model, recipe_from_args, set_quant_defaults
 
 __all__ = ["QuantTransformerModel"]
 
@@ -38,7 +38,8 @@ class QuantTransformerModel(TransformerModel):
     def build_model(cls, args, task):
         # The recipe is read from ``args`` here: TransformerModel converts them to a TransformerConfig, which
         # has no quantization fields, before it builds the encoder and decoder.
-        recipe = QuantRecipe.from_args(args)  # validates the flags (fills in defaults of old checkpoints)
+        set_quant_defaults(args)  # old checkpoints: the options they were saved without
+        recipe = recipe_from_args(args)  # validates the flags
         model = super().build_model(args, task)
         quantize_model(model, recipe, skip=())  # every GEMM, the output projection included
         model.quant_recipe = recipe

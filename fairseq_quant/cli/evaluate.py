@@ -21,8 +21,9 @@ import tempfile
 
 import torch
 
+from ..core.recipe import describe
 from ..data.glue import task_metric
-from ..plugin.recipe import add_quant_args, describe
+from ..plugin.options import add_quant_args
 from ..ptq.calibrate import calibrate
 from ..ptq.loader import (
     LoadError,

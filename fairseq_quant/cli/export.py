@@ -14,9 +14,10 @@ import json
 import os
 import tempfile
 
+from ..core.recipe import describe
 from ..deploy.onnx_export import export_onnx
 from ..deploy.qdq import ExportError
-from ..plugin.recipe import add_quant_args, describe
+from ..plugin.options import add_quant_args
 from ..ptq.calibrate import calibrate
 from ..ptq.loader import LoadError, check_data_paths, load_model_and_task, quant_overrides
 from .common import add_calibration_args, add_checkpoint_args, command_logging

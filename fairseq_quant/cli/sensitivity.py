@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import torch
 
-from ..plugin.recipe import bits_type
+from ..plugin.options import bits_type
 from ..ptq.loader import LoadError, check_data_paths, glue_task, load_model_and_task
 from ..ptq.sensitivity import metric_for, run_sensitivity, write_csv, write_heatmap, write_markdown
 from .common import add_checkpoint_args, command_logging

@@ -11,11 +11,16 @@ per-embedding-group ranges (PEG, Bondarenko et al., EMNLP 2021: ``group_index``,
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from .formats import fake_quant_int, int_grid
 
 __all__ = [
+    "ESTIMATORS",
+    "Estimator",
     "current_minmax",
     "running_average",
     "int_qparams",
@@ -309,3 +314,27 @@ def expand_groups(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Per-group ``values`` (G,) as per-dim values (C,): ``values[index]``; ``[10, 20]``, ``[0, 1, 0]`` ->
     ``[10, 20, 10]``. With ``int_qparams`` and ``fake_quant_int(..., axis=-1)`` this quantizes x per group."""
     return values[index]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registry: a spec's ``estimator`` names one of these; each takes (tensor, axis, spec) and returns float32
+# (lo, hi) of shape () or (x.shape[axis],), as ``current_minmax`` does.
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """One range estimator: ``estimate(x, axis, spec) -> (lo, hi)``; ``integer_only``: it searches an integer
+    grid (the spec's bits, signedness and symmetry), so floating-point formats cannot use it."""
+
+    estimate: Callable[[torch.Tensor, int | None, object], tuple[torch.Tensor, torch.Tensor]]
+    integer_only: bool = False
+
+
+ESTIMATORS: dict[str, Estimator] = {
+    "minmax": Estimator(lambda x, axis, spec: current_minmax(x, axis)),
+    "percentile": Estimator(lambda x, axis, spec: percentile_range(x, spec.percentile, axis)),
+    "mse": Estimator(lambda x, axis, spec: mse_range(x, spec.bits, spec.signed, spec.symmetric, "golden", axis=axis),
+                     integer_only=True),
+    "mse_grid": Estimator(lambda x, axis, spec: mse_range(x, spec.bits, spec.signed, spec.symmetric, "grid",
+                                                          axis=axis), integer_only=True),
+}

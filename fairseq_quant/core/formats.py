@@ -68,9 +68,9 @@ class _FakeQuantInt(torch.autograd.Function):
     """Integer fake quantization with a straight-through gradient inside the grid's range (zero outside)."""
 
     @staticmethod
-    def forward(ctx, x, scale, zero_point, qmin, qmax):
+    def forward(ctx, x, scale, zero_point, qmin, qmax, rounding, generator):
         t = x * scale.reciprocal()
-        t.round_()  # half to even
+        t = t.round_() if rounding == "nearest" else _round_to_integer(t, rounding, generator)  # half to even
         if zero_point is not None:
             t.add_(zero_point)
         q = t.clamp(qmin, qmax)  # NaN stays NaN; +-inf saturate
@@ -82,7 +82,7 @@ class _FakeQuantInt(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (inside,) = ctx.saved_tensors
-        return grad * inside, None, None, None, None
+        return grad * inside, None, None, None, None, None, None
 
 
 def fake_quant_int(
@@ -92,19 +92,25 @@ def fake_quant_int(
     qmin: int,
     qmax: int,
     axis: int | None = None,
+    rounding: str = "nearest",
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Round ``x`` to ``(clamp(round_half_even(x / scale) + zero_point, qmin, qmax) - zero_point) * scale``.
+    """Round ``x`` to ``(clamp(round(x * (1 / scale)) + zero_point, qmin, qmax) - zero_point) * scale``: the one
+    scaled integer rounding of the package (quantizers, calibration searches, deployment's integers).
 
-    ``scale`` (float32, > 0) and ``zero_point`` (integer-valued float32, or ``None`` for 0) have one element, or
-    one per slice along ``axis``. The gradient is straight-through inside the grid's range and zero outside it.
-    16-bit floating inputs are rounded in float32 and returned in their own dtype; NaN stays NaN and +-inf
-    saturates to the range's ends. (``x / scale`` is computed as ``x * (1 / scale)``, as torch's
+    ``round`` is half to even (``rounding="nearest"``) or stochastic (to one of the two neighbours, unbiased; noise
+    from ``generator``). ``scale`` (float32, > 0) and ``zero_point`` (integer-valued float32, or ``None`` for 0)
+    have one element, or one per slice along ``axis``. The gradient is straight-through inside the grid's range
+    and zero outside it. 16-bit floating inputs are rounded in float32 and returned in their own dtype; NaN stays
+    NaN and +-inf saturates to the range's ends. (``x / scale`` is computed as ``x * (1 / scale)``, as torch's
     ``fake_quantize_per_tensor_affine`` does.)
     """
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
     out_dtype = x.dtype
     xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
     scale, zero_point = _along(scale, x, axis), None if zero_point is None else _along(zero_point, x, axis)
-    return _FakeQuantInt.apply(xf, scale, zero_point, qmin, qmax).to(out_dtype)
+    return _FakeQuantInt.apply(xf, scale, zero_point, qmin, qmax, rounding, generator).to(out_dtype)
 
 
 def _along(t: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:

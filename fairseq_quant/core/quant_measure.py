@@ -8,18 +8,16 @@ import torch
 from torch import nn
 
 from .estimators import (
+    ESTIMATORS,
     MIN_SCALE,
-    current_minmax,
     expand_groups,
     group_index,
     group_minmax,
     int_qparams,
-    mse_range,
     per_dim_minmax,
-    percentile_range,
     running_average,
 )
-from .formats import IntFormat, fake_quant_int, get_format, int_grid, quantize_ste
+from .formats import fake_quant_int, get_format, int_grid, quantize_ste
 from .spec import QuantSpec
 
 __all__ = ["QParams", "QuantMeasure"]
@@ -187,17 +185,13 @@ class QuantMeasure(nn.Module):
     def _estimate(self, x: torch.Tensor, axis: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The range of ``x`` by the spec's estimator (weights in evaluation: computed once per weight version)."""
         spec = self.spec
-        if spec.estimator == "minmax":
-            return current_minmax(self._unpadded(x), axis)
+        estimate = ESTIMATORS[spec.estimator].estimate
+        if spec.estimator == "minmax":  # cheaper than the cache's bookkeeping
+            return estimate(self._unpadded(x), axis, spec)
         key = (x.data_ptr(), x._version, spec) if not self.training and self.role == "weight" else None
         if key is not None and self._weight_cache is not None and self._weight_cache[0] == key:
             return self._weight_cache[1]
-        xs = self._unpadded(x)
-        if spec.estimator == "percentile":
-            r = percentile_range(xs, spec.percentile, axis)
-        else:
-            r = mse_range(xs, spec.bits, spec.signed, spec.symmetric,
-                          method="golden" if spec.estimator == "mse" else "grid", axis=axis)
+        r = estimate(self._unpadded(x), axis, spec)
         if key is not None:
             self._weight_cache = (key, r)
         return r
@@ -231,25 +225,19 @@ class QuantMeasure(nn.Module):
         scale, zero_point, qmin, qmax = int_qparams(lo, hi, spec.bits, spec.signed, spec.symmetric)
         scale = expand_groups(scale, index)
         zero_point = None if zero_point is None else expand_groups(zero_point, index)
-        return fake_quant_int(x, scale, zero_point, qmin, qmax, axis=-1)
+        return fake_quant_int(x, scale, zero_point, qmin, qmax, axis=-1, rounding=self._rounding)
 
     def _quantize(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, axis: int | None) -> torch.Tensor:
         spec = self.spec
         if spec.is_int:
             scale, zero_point, qmin, qmax = int_qparams(lo, hi, spec.bits, spec.signed, spec.symmetric)
-            if self._rounding == "nearest":
-                return fake_quant_int(x, scale, zero_point, qmin, qmax, axis)
-            fmt = IntFormat(spec.bits, spec.signed, spec.symmetric)  # the grid int_qparams mapped onto
-            zp = torch.zeros_like(scale) if zero_point is None else zero_point
-        else:
-            fmt = get_format(spec.format)
-            amax = torch.maximum(-torch.nan_to_num(lo.float(), nan=0.0), torch.nan_to_num(hi.float(), nan=0.0))
-            scale = _amax_scale(amax, fmt).reshape(-1)
-            zp = torch.zeros_like(scale)
+            return fake_quant_int(x, scale, zero_point, qmin, qmax, axis, rounding=self._rounding)
+        fmt = get_format(spec.format)
+        amax = torch.maximum(-torch.nan_to_num(lo.float(), nan=0.0), torch.nan_to_num(hi.float(), nan=0.0))
+        scale = _amax_scale(amax, fmt).reshape(-1)
         shape = (-1,) + (1,) * (x.dim() - 1) if axis is not None else ()
-        scale, zp = scale.reshape(shape).to(x.dtype), zp.reshape(shape).to(x.dtype)
-        t = (x / scale + zp).clamp(fmt.min, fmt.max)
-        return (quantize_ste(fmt, t, self._rounding) - zp) * scale
+        scale = scale.reshape(shape).to(x.dtype)
+        return quantize_ste(fmt, (x / scale).clamp(fmt.min, fmt.max), self._rounding) * scale
 
     def _quantize_unscaled(self, x: torch.Tensor) -> torch.Tensor:
         fmt = get_format(self.spec.format)

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from ..core.quant_measure import QuantMeasure
+from ..core.recipe import QuantRecipe, describe
 from ..plugin.int8_training import set_int8_training
 from ..plugin.layers import QuantizedLinear, QuantizedMultiheadAttention, quantizers
-from ..plugin.recipe import QuantRecipe, describe
 from .qdq import DOMAIN, ExportError, OnnxPoint, onnx_point, wide_qdq_to_standard
 
 __all__ = ["ExportReport", "export_onnx", "onnx_twin", "OPSET"]

@@ -33,7 +33,7 @@ FULL_PRECISION_BITS = 32
 
 def operand_bits(spec: QuantSpec) -> int:
     """The bit width a GEMM operand has under ``spec``: its bits when quantized, else 32."""
-    return spec.width if spec.mode == "quantize" else FULL_PRECISION_BITS
+    return spec.bits if spec.mode == "quantize" else FULL_PRECISION_BITS
 
 
 class BitOpsCounter(nn.Module):

@@ -6,40 +6,14 @@ Outside training (validation, evaluate.py, the hub interface) the model uses the
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 
-from ..core.jsonfiles import validated_file_type
 from ..core.schedule import CPTConfig, CPTConfigError, CyclicPrecisionScheduler, load_cpt_config, parse_eval_bits
 
-__all__ = ["add_cpt_args", "cpt_config_from_args", "total_updates", "CyclicPrecision"]
+__all__ = ["check_cpt_args", "cpt_config_from_args", "total_updates", "CyclicPrecision"]
 
 logger = logging.getLogger(__name__)
-
-
-_cpt_config_type = validated_file_type(load_cpt_config, CPTConfigError)  # a valid cfg_cpt.json, checked early
-
-
-def _eval_bits_type(value: str) -> str:
-    probe = CPTConfig(2, 16, 2, 16, 1)
-    try:
-        parse_eval_bits(value, probe)
-    except CPTConfigError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return value
-
-
-def add_cpt_args(parser) -> None:
-    """Add ``--cpt-config`` and ``--cpt-eval-bits`` to a model's ``add_args`` parser (group)."""
-    parser.add_argument("--cpt-config", type=_cpt_config_type, metavar="JSON", default=None,
-                        help="cyclic precision training: cycle the weight and input bit widths during training as "
-                             "cfg_cpt.json says (keys wbit_min, wbit_max, inbit_min, inbit_max, num_cyclic_period; "
-                             "see configs/cfg_cpt.json); needs --quantw and/or --quantin, and --max-update or "
-                             "--max-epoch; replaces --bitsw/--bitsin")
-    parser.add_argument("--cpt-eval-bits", type=_eval_bits_type, metavar="max|min|W,I", default="max",
-                        help="with --cpt-config: the fixed precision of validation and of the saved model, 'max' "
-                             "(default: the top of the cycle), 'min', or weight,input bits such as 6,8")
 
 
 def cpt_config_from_args(args) -> CPTConfig | None:
@@ -52,6 +26,27 @@ def cpt_config_from_args(args) -> CPTConfig | None:
         return CPTConfig.from_dict(json.loads(saved), source="the checkpoint's cpt_schedule")
     path = getattr(args, "cpt_config", None)
     return load_cpt_config(path) if path else None
+
+
+def check_cpt_args(args, config: CPTConfig) -> None:
+    """The rules of ``--cpt-config`` against the other flags, each naming them (``CPTConfigError``)."""
+    if getattr(args, "quant_recipe", None) or getattr(args, "quant_recipe_json", None):
+        raise CPTConfigError("--cpt-config cycles the bit widths of --bitsw/--bitsin: it cannot be combined "
+                             "with --quant-recipe")
+    floats = [f"--{k} {getattr(args, k)}" for k in ("formatw", "formatin") if getattr(args, k, "int") != "int"]
+    if floats:
+        raise CPTConfigError(f"--cpt-config cycles integer bit widths: it cannot be combined with "
+                             f"{' '.join(floats)}")
+    if not (args.quantw or args.quantin):
+        raise CPTConfigError("--cpt-config cycles the bit widths of quantized weights and inputs: it needs "
+                             "--quantw and/or --quantin")
+    parse_eval_bits(getattr(args, "cpt_eval_bits", "max"), config)
+    max_update, max_epoch = getattr(args, "max_update", 0) or 0, getattr(args, "max_epoch", 0) or 0
+    if max_update <= 0 and max_epoch <= 0:
+        raise CPTConfigError("--cpt-config needs the length of the run: give --max-update or --max-epoch")
+    if max_epoch <= 0 and max_update < config.num_cyclic_period:
+        raise CPTConfigError(f"num_cyclic_period ({config.num_cyclic_period}) in the --cpt-config file exceeds "
+                             f"--max-update ({max_update}): each cycle needs at least one update")
 
 
 def total_updates(args, task, model) -> int:

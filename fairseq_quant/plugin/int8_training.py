@@ -18,10 +18,10 @@ from torch import nn
 
 from ..kernels.ops import quantize_rows, scaled_mm
 from .layers import QuantizedLinear, QuantizedMultiheadAttention
+from .options import INT8_TRAINING_MODES
 
-__all__ = ["INT8_TRAINING_MODES", "add_int8_training_args", "int8_linear", "set_int8_training"]
+__all__ = ["check_int8_training_args", "int8_linear", "set_int8_training"]
 
-INT8_TRAINING_MODES = ("off", "fwd", "fwd_dgrad", "all")
 
 
 def _check_mode(mode: str) -> None:
@@ -93,16 +93,6 @@ def set_int8_training(model: nn.Module, mode: str, stochastic: bool = False) -> 
         elif isinstance(m, QuantizedMultiheadAttention):
             m.module_path = mode != "off"
     return n
-
-
-def add_int8_training_args(parser) -> None:
-    """The ``--int8-training`` flags (a model's ``add_args``)."""
-    parser.add_argument("--int8-training", choices=INT8_TRAINING_MODES, default="off",
-                        help="run the matmuls of every linear layer in dynamically quantized INT8 (row-wise "
-                             "scales): fwd (forward), fwd_dgrad (and the input gradient), all (and the weight "
-                             "gradient); default off")
-    parser.add_argument("--int8-stochastic-rounding", action="store_true", default=False,
-                        help="with --int8-training fwd_dgrad/all: round the gradients to INT8 stochastically")
 
 
 def check_int8_training_args(args: argparse.Namespace) -> None:

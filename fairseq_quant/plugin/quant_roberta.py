@@ -21,19 +21,13 @@ from fairseq.utils import safe_getattr
 from omegaconf import open_dict
 from torch import nn
 
-from ..core.schedule import CPTConfig, CPTConfigError, parse_eval_bits
+from ..core.recipe import QuantRecipe
+from ..core.schedule import CPTConfig, parse_eval_bits
 from .bitops import BitOpsCounter
-from .cpt import CyclicPrecision, add_cpt_args, cpt_config_from_args, total_updates
-from .int8_training import add_int8_training_args, check_int8_training_args, set_int8_training
-from .recipe import (
-    QuantRecipe,
-    add_quant_args,
-    apply_recipe,
-    check_quant_args,
-    point_names,
-    quantize_model,
-    set_quant_defaults,
-)
+from .cpt import CyclicPrecision, check_cpt_args, cpt_config_from_args, total_updates
+from .int8_training import check_int8_training_args, set_int8_training
+from .options import add_options, recipe_from_args, set_quant_defaults
+from .quantize import apply_recipe, point_names, quantize_model
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +40,8 @@ class QuantRobertaModel(RobertaModel):
 
     def __init__(self, args, encoder):
         super().__init__(args, encoder)
-        self.quant_recipe = QuantRecipe.from_args(args)
-        self.int8_training = (getattr(args, "int8_training", None) or "off",
-                              bool(getattr(args, "int8_stochastic_rounding", False)))
+        self.quant_recipe: QuantRecipe | None = None  # build_model sets the recipe it resolved from the flags
+        self.int8_training = ("off", False)
         self.cpt: CyclicPrecision | None = None
         self._num_updates: int | None = None
         self.bitops_counter = BitOpsCounter()
@@ -57,60 +50,37 @@ class QuantRobertaModel(RobertaModel):
     @staticmethod
     def add_args(parser):
         RobertaModel.add_args(parser)
-        parser.add_argument("--layernorm-eps", type=float, metavar="EPS",
-                            help="epsilon of every LayerNorm (default 1e-5, fairseq's; BERT models use 1e-12)")
-        add_quant_args(parser)
-        add_int8_training_args(parser)
-        add_cpt_args(parser)
+        add_options(parser, ("quant", "train", "cpt", "int8", "model"))
 
     @classmethod
-    def check_args(cls, args) -> CPTConfig | None:
-        """Reject flag combinations, naming the flags (``ValueError``); ``fairseq-train`` reports it as a usage
-        error (``patches/model_checks_args.py``), ``build_model`` raises it. Returns the CPT config it checked
-        (``None`` without ``--cpt-config``)."""
+    def check_args(cls, args) -> tuple[QuantRecipe, CPTConfig | None]:
+        """Resolve the flags: ``(recipe, cpt config or None)``, the recipe at the evaluation precision of a CPT
+        run. Rejects bad combinations naming the flags (``ValueError``): fairseq-train reports it as a usage error
+        at parse time (``patches/model_checks_args.py``); ``build_model`` resolves once more, for the build."""
         set_quant_defaults(args)
-        check_quant_args(args)
         check_int8_training_args(args)
-        eps = getattr(args, "layernorm_eps", None)
-        if eps is not None and eps <= 0:
-            raise ValueError(f"--layernorm-eps must be positive, got {eps}")
+        recipe = recipe_from_args(args)
         config = cpt_config_from_args(args)
         if config is None:
-            return None
-        if getattr(args, "quant_recipe", None) or getattr(args, "quant_recipe_json", None):
-            raise CPTConfigError("--cpt-config cycles the bit widths of --bitsw/--bitsin: it cannot be combined "
-                                 "with --quant-recipe")
-        floats = [f"--{k} {getattr(args, k)}" for k in ("formatw", "formatin") if getattr(args, k, "int") != "int"]
-        if floats:
-            raise CPTConfigError(f"--cpt-config cycles integer bit widths: it cannot be combined with "
-                                 f"{' '.join(floats)}")
-        if not (args.quantw or args.quantin):
-            raise CPTConfigError("--cpt-config cycles the bit widths of quantized weights and inputs: it needs "
-                                 "--quantw and/or --quantin")
-        parse_eval_bits(getattr(args, "cpt_eval_bits", "max"), config)
-        max_update, max_epoch = getattr(args, "max_update", 0) or 0, getattr(args, "max_epoch", 0) or 0
-        if max_update <= 0 and max_epoch <= 0:
-            raise CPTConfigError("--cpt-config needs the length of the run: give --max-update or --max-epoch")
-        if max_epoch <= 0 and max_update < config.num_cyclic_period:
-            raise CPTConfigError(f"num_cyclic_period ({config.num_cyclic_period}) in the --cpt-config file exceeds "
-                                 f"--max-update ({max_update}): each cycle needs at least one update")
-        return config
+            return recipe, None
+        check_cpt_args(args, config)
+        return recipe.with_bits(*parse_eval_bits(args.cpt_eval_bits, config)), config
 
     @classmethod
     def build_model(cls, args, task):
-        set_quant_defaults(args)
-        args.layernorm_eps = getattr(args, "layernorm_eps", None) or 1e-5
-        config = cls.check_args(args)
+        recipe, config = cls.check_args(args)
         if config is not None:
             # the saved configuration carries the schedule and the evaluation precision, so a CPT checkpoint
             # loads (evaluate.py, hub) without its JSON file and evaluates at the fixed precision
             args.cpt_schedule = config.to_json()
-            args.bitsw, args.bitsin = parse_eval_bits(getattr(args, "cpt_eval_bits", "max"), config)
-        if getattr(args, "quant_recipe", None) and not getattr(args, "quant_recipe_json", None):
+            args.bitsw, args.bitsin = parse_eval_bits(args.cpt_eval_bits, config)
+        if args.quant_recipe and not getattr(args, "quant_recipe_json", None):
             # saved with the checkpoint, so the model loads (evaluate.py, hub) without the recipe file
-            args.quant_recipe_json = QuantRecipe.from_args(args).to_json()
+            args.quant_recipe_json = recipe.to_json()
         model = super().build_model(args, task)
-        quantize_model(model, model.quant_recipe)
+        model.quant_recipe = recipe
+        model.int8_training = (args.int8_training, bool(args.int8_stochastic_rounding))
+        quantize_model(model, recipe)
         set_int8_training(model, *model.int8_training)
         model.bitops_counter.attach(model)
         if config is not None:

@@ -298,9 +298,9 @@ def _check_weight_quant(name: str, module: QuantizedLinear, bits: int, signed: b
     if quant is None or quant.spec.mode != "quantize":
         return
     spec = quant.spec
-    if spec.format != "int":
+    if not spec.is_int:
         raise ValueError(f"{name}: its weight quantizer uses format {spec.format!r}; AdaRound rounds onto integer "
-                         f"grids (format 'int')")
+                         f"grids (intN)")
     for key, value in (("bits", bits), ("signed", signed), ("symmetric", symmetric), ("per_channel", per_channel)):
         if getattr(spec, key) != value:
             raise ValueError(f"{name}: its weight quantizer has {key}={getattr(spec, key)!r} but adaround_model "

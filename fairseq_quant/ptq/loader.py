@@ -20,7 +20,7 @@ from omegaconf import open_dict
 
 from ..data.glue import STAMP, get_task, task_metric
 from ..data.metrics import classification_metrics, regression_metrics
-from ..plugin.recipe import QUANT_DEFAULTS, QuantRecipe
+from ..plugin.options import QUANT_DEFAULTS, recipe_from_args
 
 __all__ = [
     "LoadError",
@@ -113,7 +113,7 @@ def load_model_and_task(checkpoint: str, data: str, overrides: Mapping | None = 
             if getattr(cfg.model, key, None) is None:
                 setattr(cfg.model, key, value)
     try:
-        QuantRecipe.from_args(cfg.model)  # checks the flags and reads the recipe, before anything is built
+        recipe_from_args(cfg.model)  # checks the flags and reads the recipe, before anything is built
     except ValueError as e:
         raise LoadError(str(e)) from None
     task = tasks.setup_task(cfg.task)

@@ -23,7 +23,7 @@ import torch
 from fairseq.data import BaseWrapperDataset
 
 from ..core.quant_measure import QuantMeasure
-from ..plugin.recipe import QuantRecipe
+from ..core.recipe import QuantRecipe
 from .calibrate import calibrate
 from .loader import official_metric, predict, score
 
