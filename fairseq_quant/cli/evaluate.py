@@ -22,7 +22,6 @@ import tempfile
 import torch
 
 from ..core.recipe import describe
-from ..data.glue import task_metric
 from ..plugin.options import add_quant_args
 from ..ptq.calibrate import calibrate
 from ..ptq.loader import (
@@ -31,6 +30,7 @@ from ..ptq.loader import (
     check_data_paths,
     glue_task,
     load_model_and_task,
+    official_metric,
     predict,
     quant_overrides,
     score,
@@ -146,7 +146,7 @@ def evaluate(opts: argparse.Namespace) -> dict:
     result = score(preds, targets, bool(task.cfg.regression_target))
     glue = glue_task(opts.data)
     if glue is not None:
-        result = {"task": glue, "metric": task_metric(glue)[0], **result}
+        result = {"task": glue, "metric": official_metric(opts.data, bool(task.cfg.regression_target)), **result}
     recipe = model.quant_recipe
     result.update(
         split=opts.split,

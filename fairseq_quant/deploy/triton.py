@@ -18,8 +18,15 @@ import torch
 from fairseq.modules.gelu import gelu as fairseq_gelu
 from torch import nn
 
+from ..core.formats import int_values
 from ..kernels.ops import quantize_rows, scaled_mm, uses_triton
-from ..plugin.layers import QuantizedActivation, QuantizedLinear, QuantizedMultiheadAttention, through
+from ..plugin.layers import (
+    QuantizedActivation,
+    QuantizedLinear,
+    QuantizedMultiheadAttention,
+    gemm_input_quantizer,
+    through,
+)
 
 __all__ = ["DeployError", "DeployedLinear", "deploy"]
 
@@ -69,19 +76,6 @@ class DeployedLinear(nn.Module):
                 f"input scale {scale}{', GELU fused' if self.gelu else ''}")
 
 
-def _input_quantizer(name: str, linear: QuantizedLinear, parents: dict) -> nn.Module | None:
-    """The quantizer of what ``linear`` multiplies: its own, or for an attention's q/k/v projection the
-    attention's (``input_quant``; ``key_input_quant`` for k/v of encoder-decoder attention)."""
-    if linear.input_quant is not None:
-        return linear.input_quant
-    parent, child = parents[name]
-    if isinstance(parent, QuantizedMultiheadAttention) and child in ("q_proj", "k_proj", "v_proj"):
-        if child != "q_proj" and parent.encoder_decoder_attention:
-            return parent.key_input_quant
-        return parent.input_quant
-    return None
-
-
 def kernel_grid(q, x: torch.Tensor | None = None) -> tuple[str, torch.Tensor | None, torch.Tensor | None, float,
                                                            float]:
     """The grid the quantizer ``q`` rounds ``x`` onto in evaluation mode, as the kernels take it: ``(kind, scale,
@@ -110,11 +104,10 @@ def kernel_grid(q, x: torch.Tensor | None = None) -> tuple[str, torch.Tensor | N
 
 def _quantize_weight(w: torch.Tensor, kind: str, scale: torch.Tensor, qmax: float) -> torch.Tensor:
     """The weight on the weight quantizer's own grid (as ``fake_quant_int`` / the float path round it)."""
-    scale = scale.to(w.device).reshape(-1, 1)
-    wf = w.detach().float()
+    scale = scale.to(w.device)
     if kind == "int8":
-        return (wf * scale.reciprocal()).round().clamp(-qmax, qmax).to(torch.int8)
-    return (wf / scale).clamp(-qmax, qmax).to(torch.float8_e4m3fn)
+        return int_values(w, scale, None, -qmax, qmax, axis=0 if scale.numel() > 1 else None).to(torch.int8)
+    return (w.detach().float() / scale.reshape(-1, 1)).clamp(-qmax, qmax).to(torch.float8_e4m3fn)
 
 
 def _deploy_linear(linear: QuantizedLinear, input_quant) -> DeployedLinear | str:
@@ -190,7 +183,7 @@ def deploy(model: nn.Module, fuse_gelu: bool = True, cpu_reference: bool = False
                for pname, parent in model.named_modules() for cname, _ in parent.named_children()}
     report, deployed = {}, 0
     for name, linear in [(n, m) for n, m in model.named_modules() if isinstance(m, QuantizedLinear)]:
-        result = _deploy_linear(linear, _input_quantizer(name, linear, parents))
+        result = _deploy_linear(linear, gemm_input_quantizer(*parents[name], linear))
         if isinstance(result, str):
             report[name] = f"kept: {result}"
             continue

@@ -28,6 +28,7 @@ __all__ = [
     "QuantizedLayerNorm",
     "QuantizedLinear",
     "QuantizedMultiheadAttention",
+    "gemm_input_quantizer",
     "quantize_residuals",
     "quantizers",
     "through",
@@ -288,6 +289,19 @@ def quantize_residuals(layer: nn.Module, spec: QuantSpec | None) -> bool:
     for name in names:
         setattr(layer, name, _measure(spec, op="residual"))
     return True
+
+
+def gemm_input_quantizer(parent: nn.Module, child: str, linear: QuantizedLinear) -> QuantMeasure | None:
+    """The quantizer of what ``linear`` (the child ``child`` of ``parent``) multiplies: its own input quantizer,
+    or, for an attention's q/k/v projection, the attention's (``input_quant``; ``key_input_quant`` for k and v of
+    encoder-decoder attention), which quantizes the one tensor the three projections share."""
+    if linear.input_quant is not None:
+        return linear.input_quant
+    if isinstance(parent, QuantizedMultiheadAttention) and child in ("q_proj", "k_proj", "v_proj"):
+        if child != "q_proj" and parent.encoder_decoder_attention:
+            return parent.key_input_quant
+        return parent.input_quant
+    return None
 
 
 def quantizers(module: nn.Module) -> Iterator[QuantMeasure]:

@@ -211,7 +211,7 @@ def score(preds: np.ndarray, targets: np.ndarray, regression: bool) -> dict:
 
 def official_metric(data: str, regression: bool) -> str:
     """The metric that counts for ``data``: the official GLUE metric where the data were made by
-    ``fairseq_quant.data.glue`` (``glue_task.json``: mcc for CoLA, f1 for MRPC ...), otherwise accuracy, or Pearson
+    ``fairseq-quant-glue`` (``glue_task.json``: mcc for CoLA, f1 for MRPC ...), otherwise accuracy, or Pearson
     correlation for regression."""
     glue = glue_task(data)
     return task_metric(glue)[0] if glue else "pearson" if regression else "accuracy"

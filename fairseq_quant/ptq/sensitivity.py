@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from fairseq.data import BaseWrapperDataset
 
+from ..core.points import layer_points, model_points
 from ..core.quant_measure import QuantMeasure
 from ..core.recipe import QuantRecipe
 from .calibrate import calibrate
@@ -40,37 +41,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# per transformer layer: (component, kind, quantizer path under the layer); kind W = weights, A = GEMM inputs (for
-# q, k, v: their outputs, the operands of the attention's matrix products)
-LAYER_POINTS = (
-    ("q", "W", "self_attn.q_proj.weight_quant"),
-    ("q", "A", "self_attn.q_proj.output_quant"),
-    ("k", "W", "self_attn.k_proj.weight_quant"),
-    ("k", "A", "self_attn.k_proj.output_quant"),
-    ("v", "W", "self_attn.v_proj.weight_quant"),
-    ("v", "A", "self_attn.v_proj.output_quant"),
-    ("attn_in", "A", "self_attn.input_quant"),
-    ("probs", "A", "self_attn.probs_quant"),
-    ("out", "W", "self_attn.out_proj.weight_quant"),
-    ("out", "A", "self_attn.out_proj.input_quant"),
-    ("fc1", "W", "fc1.weight_quant"),
-    ("fc1", "A", "fc1.input_quant"),
-    ("fc2", "W", "fc2.weight_quant"),
-    ("fc2", "A", "fc2.input_quant"),
-    # the residual sums before the post-LN LayerNorms, where the outlier dimensions live (y is the FFN one)
-    ("attn_res", "A", "attn_residual_quant"),
-    ("y", "A", "ffn_residual_quant"),
-)
-ATTENTION = ("q", "k", "v", "attn_in", "probs", "out", "attn_res")
-FEED_FORWARD = ("fc1", "fc2", "y")
-# outside the layers: (layer label, component, kind, path patterns)
-OTHER_POINTS = (
-    ("emb", "emb", "W", ("*embed_tokens.weight_quant",)),
-    ("head", "head", "W", ("classification_heads.*.dense.weight_quant",
-                           "classification_heads.*.out_proj.weight_quant")),
-    ("head", "head", "A", ("classification_heads.*.dense.input_quant",
-                           "classification_heads.*.out_proj.input_quant")),
-)
+# the groups come from the table of points (core.points): per transformer layer (component, kind, path under the
+# layer), attention against feed-forward components, and outside the layers (label, component, kind, patterns)
+_SWEPT = tuple(p for p in layer_points() if p.sweep)
+LAYER_POINTS = tuple((p.component, p.kind, p.path) for p in _SWEPT)
+ATTENTION = tuple(dict.fromkeys(p.component for p in _SWEPT if p.block == "attention"))
+FEED_FORWARD = tuple(dict.fromkeys(p.component for p in _SWEPT if p.block == "feed_forward"))
+OTHER_POINTS = tuple((c, c, k, tuple(p.pattern for p in model_points() if (p.component, p.kind) == (c, k)))
+                     for c, k in sorted(dict.fromkeys((p.component, p.kind) for p in model_points()),
+                                        key=lambda ck: (ck[0] != "emb", ck[1] != "W")))  # emb, head W, head A
 _LAYER_RE = re.compile(r"^(.*\blayers)\.(\d+)\.self_attn\.q_proj\.weight_quant$")
 CSV_COLUMNS = ("layer", "component", "kind", "metric", "drop")
 
@@ -159,7 +138,7 @@ class _FirstSentences:
 
 def metric_for(data: str, regression: bool) -> tuple[str, Callable[[np.ndarray, np.ndarray], float]]:
     """The metric evaluate.py reports as the task's: the official GLUE metric for data made by
-    ``fairseq_quant.data.glue`` (``glue_task.json``: mcc for CoLA, f1 for MRPC ...), otherwise accuracy, or Pearson
+    ``fairseq-quant-glue`` (``glue_task.json``: mcc for CoLA, f1 for MRPC ...), otherwise accuracy, or Pearson
     correlation for regression. Returns ``(name, fn)`` with ``fn(preds, targets) -> fraction``."""
     name = official_metric(data, regression)
     return name, lambda preds, targets: score(preds, targets, regression)[name]
