@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from collections.abc import Callable
 
-__all__ = ["add_calibration_args", "add_checkpoint_args", "command_logging"]
+__all__ = ["add_calibration_args", "add_checkpoint_args", "checkpoint_command", "command_logging", "run_json_command"]
 
 
 def command_logging() -> None:
@@ -33,3 +35,23 @@ def add_calibration_args(parser: argparse.ArgumentParser, without: str) -> None:
     parser.add_argument("--calib-skip-padding", action="store_true",
                         help="leave padding positions out of the calibrated activation ranges (default: counted)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="sentences per batch (default 32)")
+
+
+def checkpoint_command(prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser of a command over one checkpoint and its data (``--checkpoint``, ``--data`` already added)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_checkpoint_args(parser)
+    return parser
+
+
+def run_json_command(parser: argparse.ArgumentParser, argv: list[str] | None, body: Callable[[argparse.Namespace],
+                     dict], errors: tuple[type[Exception], ...]) -> None:
+    """Parse ``argv``, run ``body(opts)`` and print its result as one JSON line (floats to 6 digits); an error
+    of ``errors`` is a usage error (its message, exit status 2, no traceback)."""
+    command_logging()
+    opts = parser.parse_args(argv)
+    try:
+        result = body(opts)
+    except errors as e:
+        parser.error(str(e))
+    print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items()}), flush=True)

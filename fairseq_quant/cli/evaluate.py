@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import os
 import statistics
@@ -36,7 +35,7 @@ from ..ptq.loader import (
     score,
     to_device,
 )
-from .common import add_calibration_args, add_checkpoint_args, command_logging
+from .common import add_calibration_args, checkpoint_command, run_json_command
 
 logger = logging.getLogger("fairseq_quant.cli.evaluate")
 
@@ -50,12 +49,8 @@ class EvaluateError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="evaluate.py",
-        description="Evaluate a fairseq (quant_)roberta sentence-prediction checkpoint, optionally with "
-        "post-training quantization. Prints one JSON line.",
-    )
-    add_checkpoint_args(parser)
+    parser = checkpoint_command("evaluate.py", "Evaluate a fairseq (quant_)roberta sentence-prediction checkpoint, "
+                                               "optionally with post-training quantization. Prints one JSON line.")
     parser.add_argument("--split", default="valid", help="split to evaluate (default valid)")
     add_calibration_args(parser, "the checkpoint's recorded ranges, or the current batch's where none are recorded")
     parser.add_argument("--adaround", action="store_true",
@@ -253,16 +248,13 @@ def append_csv(path: str, result: dict) -> None:
 
 
 def cli_main(argv: list[str] | None = None) -> None:
-    command_logging()
-    parser = build_parser()
-    opts = parser.parse_args(argv)
-    try:
+    def body(opts: argparse.Namespace) -> dict:
         result = evaluate(opts)
         if opts.csv:
             append_csv(opts.csv, result)
-    except EvaluateError as e:
-        parser.error(str(e))
-    print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items()}), flush=True)
+        return result
+
+    run_json_command(build_parser(), argv, body, (EvaluateError,))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Prints one JSON line: the file, its opset and its quantization points by ONNX ty
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 
@@ -20,20 +19,18 @@ from ..deploy.qdq import ExportError
 from ..plugin.options import add_quant_args
 from ..ptq.calibrate import calibrate
 from ..ptq.loader import LoadError, check_data_paths, load_model_and_task, quant_overrides
-from .common import add_calibration_args, add_checkpoint_args, command_logging
+from .common import add_calibration_args, checkpoint_command, run_json_command
 
 __all__ = ["build_parser", "cli_main", "export_checkpoint"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fairseq-quant-export",
-        description="Export a fairseq (quant_)roberta sentence-prediction checkpoint to ONNX: every active "
-                    "integer (or FP8) quantization point becomes QuantizeLinear/DequantizeLinear with the scale and "
-                    "zero point of the fake-quantized model, so ONNX Runtime runs it in integer kernels. Input "
-                    "src_tokens (batch x length, int64, right-padded as fairseq pads), output the head's logits.",
-    )
-    add_checkpoint_args(parser)
+    parser = checkpoint_command(
+        "fairseq-quant-export",
+        "Export a fairseq (quant_)roberta sentence-prediction checkpoint to ONNX: every active integer (or FP8) "
+        "quantization point becomes QuantizeLinear/DequantizeLinear with the scale and zero point of the "
+        "fake-quantized model, so ONNX Runtime runs it in integer kernels. Input src_tokens (batch x length, int64, "
+        "right-padded as fairseq pads), output the head's logits.")
     parser.add_argument("--out", required=True, metavar="MODEL.onnx", help="the ONNX file to write")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     parser.add_argument("--fp32", action="store_true", help="export the floating-point model (every quantizer off)")
@@ -103,14 +100,7 @@ def _copy(src: str, dst: str) -> None:
 
 
 def cli_main(argv: list[str] | None = None) -> None:
-    command_logging()
-    parser = build_parser()
-    opts = parser.parse_args(argv)
-    try:
-        result = export_checkpoint(opts)
-    except (ExportError, LoadError) as e:
-        parser.error(str(e))
-    print(json.dumps(result), flush=True)
+    run_json_command(build_parser(), argv, export_checkpoint, (ExportError, LoadError))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 from ..plugin.options import bits_type
 from ..ptq.loader import LoadError, check_data_paths, glue_task, load_model_and_task
 from ..ptq.sensitivity import metric_for, run_sensitivity, write_csv, write_heatmap, write_markdown
-from .common import add_checkpoint_args, command_logging
+from .common import checkpoint_command, command_logging
 
 logger = logging.getLogger('fairseq_quant.ptq.sensitivity')
 
@@ -44,14 +44,12 @@ def _non_negative_int(value: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fairseq-quant-sensitivity",
-        description="Post-training quantization sensitivity of a sentence-prediction checkpoint: quantize each "
-                    "layer's q/k/v/out/fc1/fc2 weights and inputs, attention input, softmax probabilities, the "
-                    "token embeddings and the head alone; report the metric drop of each against FP32 "
-                    "(OUT/sensitivity.csv, .md, .png). Prints the markdown table.",
-    )
-    add_checkpoint_args(parser)
+    parser = checkpoint_command(
+        "fairseq-quant-sensitivity",
+        "Post-training quantization sensitivity of a sentence-prediction checkpoint: quantize each layer's "
+        "q/k/v/out/fc1/fc2 weights and inputs, attention input, softmax probabilities, the token embeddings and the "
+        "head alone; report the metric drop of each against FP32 (OUT/sensitivity.csv, .md, .png). Prints the "
+        "markdown table.")
     parser.add_argument("--split", default="valid", help="split to evaluate (default valid)")
     parser.add_argument("--calib-split", default="train", help="split that calibrates input ranges (default train)")
     parser.add_argument("--calib-batches", type=_non_negative_int, default=8, metavar="N",

@@ -122,14 +122,8 @@ def _along(t: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
     return t.reshape(shape)
 
 
-def int_values(
-    x: torch.Tensor,
-    scale: torch.Tensor,
-    zero_point: torch.Tensor | None,
-    qmin: int,
-    qmax: int,
-    axis: int | None = None,
-) -> torch.Tensor:
+def int_values(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, qmin: int, qmax: int,
+               axis: int | None = None) -> torch.Tensor:
     """The integers ``fake_quant_int`` rounds ``x`` to: ``clamp(round_half_even(x * (1 / scale)) + zero_point, qmin,
     qmax)``, float32 (integer-valued), ``x``'s shape; ``scale`` and ``zero_point`` as in ``fake_quant_int``.
     ``int_values(torch.tensor([0.26, -1.0]), torch.tensor([0.1]), None, -127, 127)`` is ``[3., -10.]``."""
