@@ -34,6 +34,7 @@ setup(
             "fairseq-quant-sensitivity=fairseq_quant.cli.sensitivity:cli_main",
             "fairseq-quant-export=fairseq_quant.cli.export:cli_main",
             "fairseq-quant-glue=fairseq_quant.cli.glue:main",
+            "fairseq-quant-experiment=fairseq_quant.cli.experiment:cli_main",
         ]
     },
 )

@@ -88,8 +88,8 @@ def test_experiment3_runs_the_sweep_on_the_default_task_and_reports(tmp_path):
     # the sweep's two points are the same config: run once
     assert [r.split(" | ")[0] for r in rows[1:]] == ["| static8", "| cpt-w4-8-a4-8-p2"]
     assert rows[1].endswith("| 1.000 |")
-    assert os.listdir(tmp_path / "e3" / "configs") == ["w4-8-a4-8-p2.json"]
-    (run,) = [d for d in os.listdir(tmp_path / "e3") if d.endswith("default-task")]
+    (run,) = [d for d in os.listdir(tmp_path / "e3") if "-cpt-sweep-default-task-" in d]
+    assert sorted(p.name for p in (tmp_path / "e3" / run).glob("cfg_cpt-*")) == ["cfg_cpt-cpt-w4-8-a4-8-p2.json"]
     assert (tmp_path / "e3" / run / "report" / "bit_schedules.png").exists()
 
 
@@ -99,9 +99,9 @@ def test_experiment2_refuses_a_bad_cpt_config_before_running_anything(tmp_path):
     proc = subprocess.run(["bash", str(REPO / "scripts" / "experiment2.bash"), "--cpt-configs", str(bad), "--out",
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert "experiment2.bash: error: --cpt-configs: " in proc.stderr
+    assert f"fairseq-quant-experiment cpt: error: {bad}" in proc.stderr
     assert "missing key(s) num_cyclic_period" in proc.stderr
     assert not (tmp_path / "out").exists()
     proc = subprocess.run(["bash", str(REPO / "scripts" / "experiment2.bash"), "--bits", "4"], capture_output=True,
                           text=True, timeout=60)
-    assert proc.returncode == 2 and "experiment2.bash: error: unknown option --bits" in proc.stderr
+    assert proc.returncode == 2 and "cpt takes no --bits" in proc.stderr

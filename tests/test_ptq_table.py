@@ -15,7 +15,7 @@ def test_ptq_table_runs_every_row_on_the_default_task(tmp_path):
     assert [r[1] for r in rows] == ["FP32", "W8A8+residual", "W8A8+residual", "W8A8+residual+points",
                                     "W8A8+residual+points", "W4A32", "W4A32+AdaRound", "W4A8+residual"]
     assert all(0.0 <= float(r[2]) <= 100.0 for r in rows)
-    run = next((tmp_path / "p").glob("*-default-task"))
+    run = next((tmp_path / "p").glob("*-ptq-default-task-*"))
     qat_log = (run / "w4a8-qat-seed1.log").read_text()
     assert f"Loaded checkpoint {run / 'fp32-seed1' / 'checkpoint_best.pt'}" in qat_log  # QAT starts from FP32
 
@@ -24,5 +24,5 @@ def test_ptq_table_refuses_bad_numbers_before_running(tmp_path):
     proc = subprocess.run(["bash", str(REPO / "scripts" / "ptq_table.bash"), "--adaround-iters", "many", "--out",
                            str(tmp_path / "p")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "--adaround-iters must be a non-negative integer, got 'many'" in proc.stderr
+    assert "--adaround-iters must be an integer >= 1, got 'many'" in proc.stderr
     assert not (tmp_path / "p").exists()

@@ -210,12 +210,12 @@ def test_experiment1_runs_end_to_end(fp32_checkpoint, tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    ((), "CHECKPOINT and DATA are required"),
+    ((), "expected CHECKPOINT DATA"),
     (("{ckpt}", "{data}", "--bits", "4,17"), "--bits: bit widths go from 2 to 16, got '4,17'"),
     (("{ckpt}", "{data}", "--bits", "w4"), "--bits expects N or W,I"),
-    (("{ckpt}", "{data}", "--max-sentences", "0"), "--max-sentences must be a positive integer"),
-    (("{ckpt}", "{data}", "--frobnicate"), "unknown option --frobnicate"),
-    (("nope.pt", "{data}"), "CHECKPOINT: no such file: nope.pt"),
+    (("{ckpt}", "{data}", "--max-sentences", "0"), "--max-sentences must be an integer >= 1"),
+    (("{ckpt}", "{data}", "--frobnicate"), "unrecognized arguments: --frobnicate"),
+    (("nope.pt", "{data}"), "--checkpoint: no such file: nope.pt"),
 ])
 def test_experiment1_refuses_bad_arguments_before_running(tiny_data, tmp_path, args, message):
     args = [a.format(ckpt=__file__, data=tiny_data) for a in args]
