@@ -5,8 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import REPO
-from helpers import HEAD, json_line, run_in_process
+from helpers import HEAD, REPO, json_line, run_in_process
 
 from fairseq_quant.cli.evaluate import cli_main
 from fairseq_quant.ptq.loader import load_model_and_task

@@ -294,7 +294,7 @@ class Runner:
         import sacrebleu
 
         data = self.out / "data"
-        self.steps = self.step + 1 + len(rows)
+        self.steps = self.step + 2 + len(rows)
         self.command("the toy parallel corpus", [sys.executable, str(REPO / "user_dir" / "toy_corpus.py"),
                                                  str(data / "raw")], self.run_dir / "prepare.log")
         binary = data / "bin"
@@ -410,9 +410,13 @@ def cli_main(argv: list[str] | None = None) -> None:
     except ValueError as e:  # a bad option the rows read (--formats, --modes ...), before anything ran
         parser.exit(2, f"{parser.prog} {exp.name}: error: {e}\n")
     title = exp.title or exp.name
-    model = "quant_roberta_tiny" if runner.pretrained is None else runner.pretrained
-    print(f"\n{title}, {model}, {runner.max_update} updates, seeds {opts.seeds} (dev metric in %; runs: "
-          f"{runner.run_dir})")
+    if exp.task == "translation":
+        print(f"\n{title}, quant_transformer_tiny, {runner.max_update} updates, beam 4, sacreBLEU (runs: "
+              f"{runner.run_dir})")
+    else:
+        model = "quant_roberta_tiny" if runner.pretrained is None else runner.pretrained
+        print(f"\n{title}, {model}, {runner.max_update} updates, seeds {opts.seeds} (dev metric in %; runs: "
+              f"{runner.run_dir})")
     print(table)
     (runner.run_dir / "table.md").write_text(table + "\n")
 

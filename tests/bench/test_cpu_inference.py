@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from helpers import REPO
 
 CASES = ["torch FP32 eager", "torch W8A8 fake quantization", "ONNX Runtime FP32",
          "ONNX Runtime INT8, our static Q/DQ export", "ONNX Runtime quantize_dynamic INT8",

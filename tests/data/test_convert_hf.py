@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PLUGIN_DIR, fairseq_train
 from fairseq import checkpoint_utils, options, tasks
 from fairseq.data import Dictionary
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from fairseq_cli import preprocess
+from helpers import PLUGIN_DIR, fairseq_train
 
 from fairseq_quant import QuantRobertaModel
 from fairseq_quant.cli.convert_hf import cli_main

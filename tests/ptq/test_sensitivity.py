@@ -10,8 +10,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, fairseq_train
-from helpers import run_in_process, tiny_batch, tiny_model
+from helpers import REPO, fairseq_train, run_in_process, tiny_batch, tiny_model
 
 from fairseq_quant.cli import evaluate
 from fairseq_quant.cli import sensitivity as sensitivity_cli

@@ -31,8 +31,8 @@ from fairseq_quant.data.glue import (
     task_metric,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_GLUE = Path("/work/shared/glue")
+REPO = Path(__file__).resolve().parents[2]  # the repository
+SHARED_GLUE = REPO.parent / "shared" / "glue"  # the real GLUE TSVs beside the project, where there are any
 
 
 def _load_download_glue():
@@ -371,7 +371,7 @@ def test_preproc_bash_binarises_a_task(glue_dir, tmp_path):
     assert {p.name for p in (tmp_path / "bin").iterdir()} == {"input0", "input1", "label", "glue_task.json"}
 
 
-@pytest.mark.skipif(not (SHARED_GLUE / "RTE" / "train.tsv").is_file(), reason="no GLUE data in /work/shared/glue")
+@pytest.mark.skipif(not (SHARED_GLUE / "RTE" / "train.tsv").is_file(), reason="no GLUE data in ../shared/glue")
 @pytest.mark.parametrize("task", ["RTE", "MRPC"])
 def test_real_glue_files_binarise(task, tmp_path):
     summary = prepare_glue_task(SHARED_GLUE, task, tmp_path / "bin", TokenizerSpec("whitespace"), max_train=50)

@@ -1,8 +1,8 @@
 """Tests for ``patches/model_checks_args.py``: a model's ``check_args`` makes bad flag combinations usage errors."""
 import pytest
-from conftest import TINY_TRAIN
 from fairseq import options
 from fairseq_quant_patches import model_checks_args
+from helpers import TINY_TRAIN
 
 import fairseq_quant  # noqa: F401  (applies every patch, in their order)
 

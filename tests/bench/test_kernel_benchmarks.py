@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the repository
 
 GEMM_CASES = ["bf16 torch.matmul", "torch._int_mm", "torch._scaled_mm fp8", "ours int8 scaled_mm",
               "ours fp8 scaled_mm", "ours int8 quantize+mm", "ours fp8 quantize+mm"]

@@ -10,8 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import REPO, fairseq_train
-from helpers import HEAD, calibrated, json_line, run_in_process, tiny_batch, tiny_model
+from helpers import HEAD, REPO, calibrated, fairseq_train, json_line, run_in_process, tiny_batch, tiny_model
 from onnx import numpy_helper
 
 from fairseq_quant.cli.evaluate import cli_main as evaluate_main

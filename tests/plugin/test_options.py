@@ -4,9 +4,8 @@ import re
 
 import pytest
 import torch
-from conftest import TINY_TRAIN, run_evaluate
 from fairseq import options
-from helpers import tiny_batch, tiny_model
+from helpers import TINY_TRAIN, run_evaluate, tiny_batch, tiny_model
 
 from fairseq_quant import QuantMeasure, QuantSpec
 from fairseq_quant.core.recipe import RecipeError, parse_quant_dict

@@ -33,7 +33,7 @@ from fairseq_quant.plugin.checkpoint import (
     raising_unsafe_checkpoint_error,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the repository
 TINY_ROBERTA = [
     "--task", "sentence_prediction", "--num-classes", "2", "--arch", "roberta", "--encoder-layers", "1",
     "--encoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32", "--encoder-attention-heads", "2",

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_TRAIN, fairseq_train, run_evaluate
-from helpers import tiny_batch, tiny_model
+from helpers import REPO, TINY_TRAIN, fairseq_train, run_evaluate, tiny_batch, tiny_model
 
 from fairseq_quant.core.schedule import (
     CPTConfig,

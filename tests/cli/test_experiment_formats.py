@@ -2,7 +2,7 @@
 import os
 import subprocess
 
-from conftest import REPO
+from helpers import REPO
 
 
 def test_formats_table_runs_on_the_default_task_and_writes_the_table(tmp_path):

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, fairseq_train
+from helpers import REPO, fairseq_train
 
 from fairseq_quant.cli.cpt_report import ReportError, parse_log, report_table
 from fairseq_quant.core.schedule import CPTConfig, CyclicPrecisionScheduler

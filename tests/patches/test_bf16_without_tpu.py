@@ -15,7 +15,7 @@ from fairseq_quant_patches import bf16_without_tpu
 
 import fairseq_quant  # noqa: F401  (applies every patch in order first: bf16's wrapper is the outermost)
 
-PLUGIN_DIR = Path(__file__).resolve().parents[1] / "fairseq_quant"
+PLUGIN_DIR = Path(__file__).resolve().parents[2] / "fairseq_quant"
 TINY_ROBERTA = [
     "--task", "sentence_prediction", "--num-classes", "2", "--arch", "roberta", "--encoder-layers", "1",
     "--encoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32", "--encoder-attention-heads", "2",

@@ -2,7 +2,7 @@
 import os
 import subprocess
 
-from conftest import REPO
+from helpers import REPO
 
 
 def test_ptq_table_runs_every_row_on_the_default_task(tmp_path):

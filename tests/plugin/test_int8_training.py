@@ -5,8 +5,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import fairseq_train
-from helpers import tiny_batch, tiny_model
+from helpers import fairseq_train, tiny_batch, tiny_model
 
 from fairseq_quant.plugin.int8_training import check_int8_training_args, int8_linear
 
@@ -89,7 +88,7 @@ def test_bad_int8_training_flags_name_the_flag(args, message):
 def test_int8_training_script_refuses_bad_modes_before_running(tmp_path):
     import subprocess
 
-    from conftest import REPO
+    from helpers import REPO
 
     proc = subprocess.run(["bash", str(REPO / "scripts" / "int8_training.bash"), "--modes", "bf16,int4", "--out",
                            str(tmp_path / "r")], capture_output=True, text=True, timeout=60)

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import PLAIN_ROBERTA, fairseq_train
+from helpers import PLAIN_ROBERTA, fairseq_train
 
 from fairseq_quant import QuantMeasure, QuantRobertaModel
 from fairseq_quant.plugin.checkpoint import load_checkpoint

@@ -4,7 +4,7 @@ import csv
 import os
 import subprocess
 
-from conftest import REPO
+from helpers import REPO
 
 
 def test_quickstart_prints_metrics_and_onnx_runtime_latency(tmp_path):

@@ -7,9 +7,8 @@ import re
 
 import pytest
 import torch
-from conftest import TINY_TRAIN, binarize, fairseq_train, run_evaluate
 from fairseq import options
-from helpers import run_in_process
+from helpers import TINY_TRAIN, binarize, fairseq_train, run_evaluate, run_in_process
 
 from fairseq_quant.cli.evaluate import cli_main
 from fairseq_quant.plugin.checkpoint import load_checkpoint

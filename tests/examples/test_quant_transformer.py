@@ -24,7 +24,7 @@ from fairseq_cli import train as train_cli
 
 from fairseq_quant import QuantizedLinear, QuantizedMultiheadAttention, QuantMeasure
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the repository
 USER_DIR = REPO / "user_dir"
 utils.import_user_module(argparse.Namespace(user_dir=str(USER_DIR)))  # as fairseq does for --user-dir
 toy_corpus = importlib.import_module("user_dir.toy_corpus")

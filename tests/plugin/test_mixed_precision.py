@@ -2,8 +2,7 @@
 import re
 
 import torch
-from conftest import fairseq_train
-from helpers import tiny_batch, tiny_model
+from helpers import fairseq_train, tiny_batch, tiny_model
 
 from fairseq_quant import quantizers
 from fairseq_quant.plugin.checkpoint import load_checkpoint

@@ -9,8 +9,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-from conftest import PLUGIN_DIR, TINY_TRAIN, fairseq_train, run_evaluate
-from helpers import tiny_batch, tiny_model
+from helpers import PLUGIN_DIR, TINY_TRAIN, fairseq_train, run_evaluate, tiny_batch, tiny_model
 
 from fairseq_quant import QuantMeasure, QuantSpec
 from fairseq_quant.core.formats import get_format
