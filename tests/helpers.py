@@ -162,3 +162,38 @@ def run_evaluate(*args: str, check: bool = True, env: dict | None = None) -> sub
 PLAIN_ROBERTA = ["--arch", "roberta", "--encoder-layers", "1", "--encoder-embed-dim", "32",
                  "--encoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2"]
 
+
+
+def accuracy_by_hand(checkpoint: str, data: str, flags: list[str] = (), calib_batches: int = 0,
+                     skip_padding: bool = False) -> tuple[float, bool]:
+    """``(accuracy, quantized)`` of ``checkpoint`` on ``data``'s valid split, computed here without evaluate.py's
+    metric code: argmax of the logits against the targets, over fairseq's own batches. ``flags``: quantization flags
+    as evaluate.py takes them, calibrated on ``calib_batches`` as it does. ``quantized``: whether the logits differ
+    from the same model with every quantizer off (so a metric asserted against this one fails if quantization were
+    silently off)."""
+    from fairseq_quant.cli.evaluate import build_parser
+    from fairseq_quant.core.recipe import QuantRecipe
+    from fairseq_quant.ptq.calibrate import calibrate
+    from fairseq_quant.ptq.loader import batches, load_model_and_task, quant_overrides
+
+    opts = build_parser().parse_args(["--checkpoint", checkpoint, "--data", data, *flags])
+    model, task, _ = load_model_and_task(checkpoint, data, quant_overrides(opts))
+    model.eval()
+    if calib_batches:
+        calibrate(model, task, "train", calib_batches, 32, 1, torch.device("cpu"), skip_padding)
+    head = task.cfg.classification_head_name
+    right = total = 0
+    differs = False
+    fp32 = QuantRecipe.from_dict({"ops": []})
+    recipe = model.quant_recipe
+    with torch.no_grad():
+        for sample in batches(task, "valid", 32, 1, model.max_positions()):
+            tokens = sample["net_input"]["src_tokens"]
+            logits = model(tokens, features_only=True, classification_head_name=head)[0]
+            right += int((logits.argmax(-1) == sample["target"].view(-1)).sum())
+            total += tokens.shape[0]
+            model.set_quant_recipe(fp32)
+            plain = model(tokens, features_only=True, classification_head_name=head)[0]
+            model.set_quant_recipe(recipe)
+            differs |= not torch.equal(plain, logits)
+    return right / total, differs

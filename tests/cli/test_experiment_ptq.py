@@ -1,8 +1,9 @@
 """scripts/ptq_table.bash as a user runs it: the PTQ/QAT table on the default task, shortened."""
+import csv
 import os
 import subprocess
 
-from helpers import REPO
+from helpers import REPO, accuracy_by_hand
 
 
 def test_ptq_table_runs_every_row_on_the_default_task(tmp_path):
@@ -14,8 +15,13 @@ def test_ptq_table_runs_every_row_on_the_default_task(tmp_path):
     rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ")][1:]  # after the header
     assert [r[1] for r in rows] == ["FP32", "W8A8+residual", "W8A8+residual", "W8A8+residual+points",
                                     "W8A8+residual+points", "W4A32", "W4A32+AdaRound", "W4A8+residual"]
-    assert all(0.0 <= float(r[2]) <= 100.0 for r in rows)
     run = next((tmp_path / "p").glob("*-ptq-default-task-*"))
+    results = list(csv.DictReader((run / "results.csv").open()))
+    assert [r[2] for r in rows] == [f"{100 * float(r['accuracy']):.1f}" for r in results]  # the table is the CSV
+    # a row recomputed apart: W4A32 round to nearest of the FP32 model (its weight grid, no calibration)
+    accuracy, quantized = accuracy_by_hand(str(run / "fp32-seed1" / "checkpoint_best.pt"),
+                                           str(tmp_path / "p" / "data" / "bin"), ["--quantw", "--bitsw", "4"])
+    assert quantized and float(results[5]["accuracy"]) == accuracy
     qat_log = (run / "w4a8-qat-seed1.log").read_text()
     assert f"Loaded checkpoint {run / 'fp32-seed1' / 'checkpoint_best.pt'}" in qat_log  # QAT starts from FP32
 

@@ -114,7 +114,7 @@ def read_csv(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def check_outputs(out_dir, n_sentences: int) -> list[dict]:
+def check_outputs(out_dir, n_sentences: int, changed: bool = False) -> list[dict]:
     """The three files of a run: CSV with the baseline and one row per group, drops = baseline - metric,
     markdown sorted by drop, a real PNG."""
     rows = read_csv(os.path.join(out_dir, "sensitivity.csv"))
@@ -125,8 +125,11 @@ def check_outputs(out_dir, n_sentences: int) -> list[dict]:
     assert [r["layer"] for r in rows[1:]] == ["0"] * 16 + ["1"] * 16 + ["emb", "head", "head"]
     baseline = float(rows[0]["metric"])
     for r in rows[1:]:
-        assert 0.0 <= float(r["metric"]) <= 1.0
+        k = float(r["metric"]) * n_sentences  # an accuracy over the n sentences: k right of n
+        assert k == pytest.approx(round(k), abs=1e-6) and 0 <= round(k) <= n_sentences
         assert float(r["drop"]) == pytest.approx(baseline - float(r["metric"]), abs=1e-12)
+    if changed:  # quantizing some group does change predictions (W4A4 on the tiny model)
+        assert any(float(r["drop"]) != 0.0 for r in rows[1:])
     text = open(os.path.join(out_dir, "sensitivity.md")).read()
     assert f"({n_sentences} sentences)" in text
     drops = [float(line.split(" | ")[-1].rstrip(" |")) for line in text.splitlines()
@@ -151,7 +154,7 @@ def test_fp32_baseline_equals_evaluate_and_each_row_is_one_group(fp32_checkpoint
     code, out, err = run_cli(capsys, sensitivity_cli, *common, "--bitsw", "4", "--bitsin", "4", "--calib-batches", "2",
                              "--out", str(tmp_path / "s"))
     assert code == 0, err
-    rows = check_outputs(tmp_path / "s", 64)
+    rows = check_outputs(tmp_path / "s", 64, changed=True)
     assert float(rows[0]["metric"]) == pytest.approx(fp32["accuracy"], abs=1e-12)
     assert out.startswith("**quant_roberta_tiny on bin (valid): accuracy drop, one group at a time in W4A4")
     assert "group 35/35 head A" in err  # progress, one line per group
