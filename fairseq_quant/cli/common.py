@@ -10,6 +10,26 @@ from collections.abc import Callable
 __all__ = ["add_calibration_args", "add_checkpoint_args", "checkpoint_command", "command_logging", "run_json_command"]
 
 
+def _int_at_least(value: str, least: int, what: str) -> int:
+    try:
+        n = int(value, 10)
+    except ValueError:
+        n = least - 1
+    if n < least:
+        raise argparse.ArgumentTypeError(f"expected a {what} integer, got {value!r}")
+    return n
+
+
+def positive_int(value: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(value, 1, "positive")
+
+
+def non_negative_int(value: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(value, 0, "non-negative")
+
+
 def command_logging() -> None:
     """Warnings and errors on stderr, one line each. ``force``: importing fairseq (its wav2vec2 classification
     module) already configured the root logger at DEBUG."""

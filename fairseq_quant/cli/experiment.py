@@ -23,6 +23,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from .common import positive_int
 from .experiments import EXPERIMENTS, Decode, Eval, Experiment, Export, Train, Translate
 
 __all__ = ["FINETUNE", "cli_main", "finetune_flags"]
@@ -361,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrained", default=None, metavar="minilm|HF_DIR|tiny",
                         help="the model: the pip-shipped MiniLM, a Hugging Face directory (converted once), or tiny "
                              "(quant_roberta_tiny from random initialisation); default: the experiment's")
-    parser.add_argument("--max-update", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--max-update", type=positive_int, default=None, metavar="N",
                         help="updates per fine-tuning run (default: the experiment's)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: the experiment's)")
     parser.add_argument("--seeds", default=None, metavar="1,2", help="seeds, comma-separated (default: the "
@@ -374,16 +375,6 @@ def build_parser() -> argparse.ArgumentParser:
                 seen.add(o.name)
                 parser.add_argument("--" + o.name.replace("_", "-"), default=None, help=f"{exp.name}: {o.help}")
     return parser
-
-
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value, 10)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return n
 
 
 def cli_main(argv: list[str] | None = None) -> None:

@@ -16,32 +16,12 @@ import torch
 from ..plugin.options import bits_type
 from ..ptq.loader import LoadError, check_data_paths, glue_task, load_model_and_task
 from ..ptq.sensitivity import metric_for, run_sensitivity, write_csv, write_heatmap, write_markdown
-from .common import checkpoint_command, command_logging
+from .common import checkpoint_command, command_logging, non_negative_int, positive_int
 
 logger = logging.getLogger('fairseq_quant.ptq.sensitivity')
 
 
 # -- command line -----------------------------------------------------------------------------------------------
-
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value, 10)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return n
-
-
-def _non_negative_int(value: str) -> int:
-    try:
-        n = int(value, 10)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value!r}")
-    return n
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = checkpoint_command(
@@ -52,14 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
         "markdown table.")
     parser.add_argument("--split", default="valid", help="split to evaluate (default valid)")
     parser.add_argument("--calib-split", default="train", help="split that calibrates input ranges (default train)")
-    parser.add_argument("--calib-batches", type=_non_negative_int, default=8, metavar="N",
+    parser.add_argument("--calib-batches", type=non_negative_int, default=8, metavar="N",
                         help="batches of --calib-split that calibrate each group's input ranges (default 8; 0: the "
                              "checkpoint's recorded ranges, or the current batch's)")
-    parser.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
+    parser.add_argument("--batch-size", type=positive_int, default=32, metavar="N",
                         help="sentences per batch (default 32)")
     parser.add_argument("--bitsw", type=bits_type, default=8, metavar="N", help="weight bits, 2..16 (default 8)")
     parser.add_argument("--bitsin", type=bits_type, default=8, metavar="N", help="input bits, 2..16 (default 8)")
-    parser.add_argument("--max-sentences", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--max-sentences", type=positive_int, default=None, metavar="N",
                         help="evaluate on the first N sentences of --split only (faster; default all)")
     parser.add_argument("--out", metavar="DIR", help="where sensitivity.{csv,md,png} go (default: the "
                                                      "checkpoint's directory)")
