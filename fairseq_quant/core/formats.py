@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "check_bits",
     "int_grid",
     "fake_quant_int",
     "int_values",
@@ -48,6 +49,13 @@ __all__ = [
 MIN_BITS, MAX_BITS = 2, 16
 
 
+def check_bits(bits: int) -> int:
+    """The one rule on an integer format's width: an integer from ``MIN_BITS`` to ``MAX_BITS``."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
+    return bits
+
+
 def int_grid(bits: int, signed: bool, symmetric: bool) -> tuple[int, int]:
     """The integer range ``(qmin, qmax)`` of a ``bits``-wide grid.
 
@@ -55,8 +63,7 @@ def int_grid(bits: int, signed: bool, symmetric: bool) -> tuple[int, int]:
     ``+amax`` and ``-amax`` are both representable, as INT8 GEMM kernels expect; asymmetric signed grids use the
     full two's-complement range; unsigned grids are ``0 .. 2^b - 1``.
     """
-    if not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits}")
+    check_bits(bits)
     if not signed:
         return 0, 2**bits - 1
     if symmetric:

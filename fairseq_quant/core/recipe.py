@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field, fields, replace
 
 from .estimators import ESTIMATORS
-from .formats import MAX_BITS, MIN_BITS, ROUNDINGS, IntFormat, get_format
+from .formats import MAX_BITS, MIN_BITS, ROUNDINGS, IntFormat, check_bits, get_format
 from .points import OPS, POINT_GROUPS, SHORT_NAMES
 from .spec import MODES, SCALINGS, QuantSpec, int_format
 
@@ -102,8 +102,10 @@ def apply_entry(spec: QuantSpec, entry: dict, where: str, saved: bool = False) -
             changes[_RENAMED.get(key, key)] = value
     bits = entry.get("bits")
     if bits is not None:
-        if isinstance(bits, bool) or not isinstance(bits, int):
-            raise RecipeError(f"{where}.bits: expected an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
+        try:
+            check_bits(bits)
+        except ValueError as e:
+            raise RecipeError(f"{where}: {e}") from None
         if re.fullmatch(r"u?int\d+", fmt):
             fmt = int_format(bits, not fmt.startswith("uint"))
         elif not saved:
@@ -327,9 +329,11 @@ def parse_quant_dict(value) -> list[tuple[str, dict]]:
     for key, v in value.items():
         if key not in QUANT_DICT_KEYS:
             raise RecipeError(f"--quant-dict: unknown point {key!r}; allowed: {', '.join(QUANT_DICT_KEYS)}")
-        if isinstance(v, int) and not isinstance(v, bool) and MIN_BITS <= v <= MAX_BITS:
-            points.append((key, {"bits": v}))
+        try:
+            points.append((key, {"bits": check_bits(v)}))
             continue
+        except ValueError:
+            pass
         m = re.fullmatch(r"ng(p?)(\d+)", v) if isinstance(v, str) else None
         if m and key in QUANT_DICT_ACTIVATIONS and int(m[2]) >= 1:
             points.append((key, {"groups": int(m[2]), "permute": bool(m[1])}))

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, replace
 
 from .estimators import ESTIMATORS
-from .formats import MAX_BITS, MIN_BITS, ROUNDINGS, IntFormat, get_format
+from .formats import MAX_BITS, MIN_BITS, ROUNDINGS, IntFormat, check_bits, get_format
 
 __all__ = ["MODES", "SCALINGS", "QuantSpec", "float_format_error", "int_format"]
 
@@ -79,8 +79,7 @@ class QuantSpec:
             raise ValueError(f"quantizer mode must be one of {MODES}, got {self.mode!r}")
         m = _INT.fullmatch(self.format) if isinstance(self.format, str) else None
         if m:
-            if not MIN_BITS <= int(m[2]) <= MAX_BITS:
-                raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {int(m[2])}")
+            check_bits(int(m[2]))
         elif why := float_format_error(self.format):
             raise ValueError(f"format must be intN, uintN (N = {MIN_BITS}..{MAX_BITS}) or a floating-point "
                              f"format: {why}")

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..core.estimators import current_minmax, int_qparams
-from ..core.formats import MAX_BITS, MIN_BITS, fake_quant_int
+from ..core.formats import check_bits, fake_quant_int
 from ..plugin.layers import QuantizedLinear
 
 __all__ = ["adaround_weight", "adaround_model"]
@@ -61,8 +61,7 @@ def _check_number(name: str, value, lo: float, hi: float = math.inf, integer: bo
 
 
 def _check_grid(bits, signed, symmetric, per_channel) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
+    check_bits(bits)
     for name, value in (("signed", signed), ("symmetric", symmetric), ("per_channel", per_channel)):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false, got {value!r}")
