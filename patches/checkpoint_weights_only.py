@@ -15,10 +15,8 @@ The fix keeps ``weights_only=True``: it registers fairseq-quant's allowlist
 and the hub interface all reach the loader through the module attribute replaced here.
 
 Other ``torch.load`` calls in fairseq get the allowlist but not the clearer error: ``load_ema_from_checkpoint``
-and the speech and vocoder loaders. Not fixed: ``distributed.utils.broadcast_object`` ``torch.load``s, on
-ranks > 0 of a multi-GPU ``--restore-file``, the state rank 0 loaded, whose ``cfg`` is by then an OmegaConf
-object that no allowlist of plain data covers; pass ``--load-checkpoint-on-all-dp-ranks`` there, so that every
-rank reads the file through the patched loader.
+and the speech and vocoder loaders. The state rank 0 broadcasts to the other ranks of a distributed run is
+``broadcast_object_weights_only``'s.
 """
 import functools
 

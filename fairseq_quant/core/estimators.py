@@ -11,6 +11,7 @@ per-embedding-group ranges (PEG, Bondarenko et al., EMNLP 2021: ``group_index``,
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ __all__ = [
     "Estimator",
     "current_minmax",
     "running_average",
+    "combine_ranges",
     "int_qparams",
     "percentile_range",
     "MSE_METHODS",
@@ -74,6 +76,17 @@ def running_average(
     """
     new = current if not initialized else momentum * running + (1.0 - momentum) * current
     return torch.where(torch.isnan(current), running, new)
+
+
+def combine_ranges(lo: torch.Tensor, hi: torch.Tensor, across: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One range from the ranges of several shards of a batch (rows of ``lo``/``hi``, e.g. one per data-parallel
+    worker), by the estimator's ``across`` rule: ``extremes`` (smallest ``lo``, largest ``hi``) or ``mean``. A shard
+    with no finite data (NaN) is left out; where every shard is NaN the result is NaN (the range stays as it was)."""
+    if across == "extremes":
+        return functools.reduce(torch.fmin, lo.unbind(0)), functools.reduce(torch.fmax, hi.unbind(0))
+    if across == "mean":
+        return torch.nanmean(lo, 0), torch.nanmean(hi, 0)
+    raise ValueError(f"across must be extremes or mean, got {across!r}")
 
 
 def int_qparams(
@@ -324,14 +337,18 @@ def expand_groups(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class Estimator:
     """One range estimator: ``estimate(x, axis, spec) -> (lo, hi)``; ``integer_only``: it searches an integer
-    grid (the spec's bits, signedness and symmetry), so floating-point formats cannot use it."""
+    grid (the spec's bits, signedness and symmetry), so floating-point formats cannot use it; ``across``: how the
+    estimates of several shards of one batch (data-parallel workers) combine: ``extremes`` (the smallest ``lo``
+    and largest ``hi``: for min-max, exactly the range of the whole batch) or ``mean`` (the average of the
+    shards' ranges: a percentile or an MSE-optimal clipping range has no exact combination)."""
 
     estimate: Callable[[torch.Tensor, int | None, object], tuple[torch.Tensor, torch.Tensor]]
     integer_only: bool = False
+    across: str = "mean"
 
 
 ESTIMATORS: dict[str, Estimator] = {
-    "minmax": Estimator(lambda x, axis, spec: current_minmax(x, axis)),
+    "minmax": Estimator(lambda x, axis, spec: current_minmax(x, axis), across="extremes"),
     "percentile": Estimator(lambda x, axis, spec: percentile_range(x, spec.percentile, axis)),
     "mse": Estimator(lambda x, axis, spec: mse_range(x, spec.bits, spec.signed, spec.symmetric, "golden", axis=axis),
                      integer_only=True),

@@ -93,6 +93,13 @@ class QuantMeasure(nn.Module):
         self._initialized = False  # mirrors num_batches_tracked > 0 without a device sync
         self.token_mask: torch.Tensor | None = None  # (batch, time) True at real tokens, set during calibration
         self._weight_cache = None
+        # Data-parallel training (plugin.distributed) sets ``defer``: a training forward then quantizes with its
+        # own update of the running range but leaves the buffers as they are, keeping the batch statistics in
+        # ``pending`` until ``commit`` applies the statistics combined over every worker; and ``combine`` (a
+        # callable ``(point, lo, hi) -> (lo, hi)``) combines the range that starts a learned scale.
+        self.defer = False
+        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.combine = None
         self._build_state(spec)
         self.spec = spec
 
@@ -171,14 +178,14 @@ class QuantMeasure(nn.Module):
             # the learned scale has replaced the estimate: no estimator runs (an MSE search each step made QAT
             # 3x slower)
             return self._quantize_learned(x, axis)
-        if spec.dynamic or self.training or not self._initialized:
+        if spec.dynamic or not (self.training or self._initialized):
             lo, hi = self._estimate(x, axis)
-            if self.training and not spec.dynamic:
-                self._record(lo, hi)
-        if not spec.dynamic and self._initialized:
+        elif self.training:
+            lo, hi = self._record(*self._estimate(x, axis))
+        else:
             lo, hi = self.running_min, self.running_max
         if spec.learned:
-            self._start_learned(lo, hi)
+            self._start_learned(*(self.combine(self, lo, hi) if self.combine is not None else (lo, hi)))
             return self._quantize_learned(x, axis)
         return self._quantize(x, lo, hi, axis) if spec.needs_range else self._quantize_unscaled(x)
 
@@ -211,17 +218,16 @@ class QuantMeasure(nn.Module):
     def _forward_groups(self, x: torch.Tensor) -> torch.Tensor:
         """Per-embedding-group ranges over the last dimension (PEG)."""
         spec = self.spec
-        if self.training or not self._initialized:
+        if self.training:
+            lo, hi, index = self._record_dims(*per_dim_minmax(self._unpadded(x)))
+        elif not self._initialized:
             dlo, dhi = per_dim_minmax(self._unpadded(x))
-            if self.training:
-                self._record_dims(dlo, dhi)
-            else:
-                index = group_index(dhi - dlo, spec.groups, spec.permute)
-                lo, hi = group_minmax(dlo, dhi, index, spec.groups)
+            index = group_index(dhi - dlo, spec.groups, spec.permute)
+            lo, hi = group_minmax(dlo, dhi, index, spec.groups)
+        else:
+            lo, hi, index = self.running_min, self.running_max, self.group_index
         if spec.mode == "measure":
             return x
-        if self._initialized:
-            lo, hi, index = self.running_min, self.running_max, self.group_index
         scale, zero_point, qmin, qmax = int_qparams(lo, hi, spec.bits, spec.signed, spec.symmetric)
         scale = expand_groups(scale, index)
         zero_point = None if zero_point is None else expand_groups(zero_point, index)
@@ -314,31 +320,59 @@ class QuantMeasure(nn.Module):
         return self.spec.rounding if self.training else "nearest"
 
     # -- recording ----------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _record(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
-        m = self.spec.momentum
-        self.running_min.copy_(running_average(self.running_min, lo.reshape(-1), m, self._initialized))
-        self.running_max.copy_(running_average(self.running_max, hi.reshape(-1), m, self._initialized))
-        self.num_batches_tracked += 1
-        self._initialized = True
+    @property
+    def across(self) -> str:
+        """How this point's batch statistics combine over data-parallel workers (``combine_ranges``): per-dimension
+        ranges (embedding groups) are min-max; otherwise the estimator's rule."""
+        return "extremes" if self.spec.groups else ESTIMATORS[self.spec.estimator].across
 
     @torch.no_grad()
-    def _record_dims(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+    def commit(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Apply deferred batch statistics (``pending``, combined over the workers) to the running ranges."""
+        self.pending = None
+        if self.spec.groups:
+            self._record_dims(lo, hi, defer=False)
+        else:
+            self._record(lo, hi, defer=False)
+
+    @torch.no_grad()
+    def _record(self, lo: torch.Tensor, hi: torch.Tensor, defer: bool | None = None) -> tuple[torch.Tensor, ...]:
+        """Update the running range with a batch's; returns the range this forward uses. Deferred: the update
+        is computed for this forward only, and the batch's range kept in ``pending``."""
+        m = self.spec.momentum
+        new_min = running_average(self.running_min, lo.reshape(-1), m, self._initialized)
+        new_max = running_average(self.running_max, hi.reshape(-1), m, self._initialized)
+        if self.defer if defer is None else defer:
+            self.pending = (lo.reshape(-1).float(), hi.reshape(-1).float())
+            return new_min, new_max
+        self.running_min.copy_(new_min)
+        self.running_max.copy_(new_max)
+        self.num_batches_tracked += 1
+        self._initialized = True
+        return self.running_min, self.running_max
+
+    @torch.no_grad()
+    def _record_dims(self, lo: torch.Tensor, hi: torch.Tensor, defer: bool | None = None) -> tuple[torch.Tensor, ...]:
         """Running per-dimension ranges; the groups (and, with ``permute``, which dimensions share one) follow
-        from them."""
+        from them. Returns the group ranges and group index this forward uses (deferred: as ``_record``)."""
         spec = self.spec
         if self.dim_min.numel() != lo.numel():
             self.dim_min, self.dim_max = torch.zeros_like(lo), torch.zeros_like(hi)
             self._initialized = False
         m = spec.momentum
-        self.dim_min = running_average(self.dim_min, lo, m, self._initialized)
-        self.dim_max = running_average(self.dim_max, hi, m, self._initialized)
-        self.group_index = group_index(self.dim_max - self.dim_min, spec.groups, spec.permute)
-        glo, ghi = group_minmax(self.dim_min, self.dim_max, self.group_index, spec.groups)
+        dim_min = running_average(self.dim_min, lo, m, self._initialized)
+        dim_max = running_average(self.dim_max, hi, m, self._initialized)
+        index = group_index(dim_max - dim_min, spec.groups, spec.permute)
+        glo, ghi = group_minmax(dim_min, dim_max, index, spec.groups)
+        if self.defer if defer is None else defer:
+            self.pending = (lo.float(), hi.float())
+            return glo, ghi, index
+        self.dim_min, self.dim_max, self.group_index = dim_min, dim_max, index
         self.running_min.copy_(glo)
         self.running_max.copy_(ghi)
         self.num_batches_tracked += 1
         self._initialized = True
+        return self.running_min, self.running_max, self.group_index
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A checkpoint without quantizer state (e.g. fairseq's own roberta.base) leaves this quantizer

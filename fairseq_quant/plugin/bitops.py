@@ -78,6 +78,16 @@ class BitOpsCounter(nn.Module):
         tgt_len, bsz, embed_dim = query.shape
         self._attention += 2 * bsz * tgt_len * key.shape[0] * embed_dim
 
+    @property
+    def pending(self) -> list[float]:
+        """The MACs counted since the last step: ``[linear, attention]`` (summed over data-parallel workers by
+        ``RangeSync.flush``, so the account is global)."""
+        return [float(self._linear), float(self._attention)]
+
+    @pending.setter
+    def pending(self, counts: list[float]) -> None:
+        self._linear, self._attention = counts
+
     def step(self, weight_spec: QuantSpec, input_spec: QuantSpec) -> None:
         """Add the MACs counted since the last step at these bit widths; log the totals and the bits."""
         w, i = operand_bits(weight_spec), operand_bits(input_spec)

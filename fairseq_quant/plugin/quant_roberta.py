@@ -25,6 +25,7 @@ from ..core.recipe import QuantRecipe
 from ..core.schedule import CPTConfig, parse_eval_bits
 from .bitops import BitOpsCounter
 from .cpt import CyclicPrecision, check_cpt_args, cpt_config_from_args, total_updates
+from .distributed import RangeSync, data_parallel_sync
 from .int8_training import check_int8_training_args, set_int8_training
 from .options import add_options, recipe_from_args, set_quant_defaults
 from .quantize import apply_recipe, point_names, quantize_model
@@ -46,6 +47,7 @@ class QuantRobertaModel(RobertaModel):
         self._num_updates: int | None = None
         self.bitops_counter = BitOpsCounter()
         self._points_checked = False
+        self._sync: RangeSync | None | bool = False  # False: not looked up yet (the first training forward does)
 
     @staticmethod
     def add_args(parser):
@@ -99,6 +101,8 @@ class QuantRobertaModel(RobertaModel):
         quantize_model(self.classification_heads[name], self.quant_recipe, prefix=f"classification_heads.{name}.")
         set_int8_training(self.classification_heads[name], *self.int8_training)
         self.bitops_counter.attach(self.classification_heads[name])
+        if self._sync:
+            self._sync.attach(self.classification_heads[name])
 
     def set_quant_recipe(self, recipe: QuantRecipe) -> None:
         """Use ``recipe`` for every quantizer from now on (e.g. post-training quantization)."""
@@ -111,8 +115,16 @@ class QuantRobertaModel(RobertaModel):
             self._points_checked = True
             for key in self.quant_recipe.unmatched_points(point_names(self)):
                 logger.warning(f"quantization recipe: points key {key!r} matches no quantizer of this model")
+        if self.training and self._sync is False:
+            # fairseq has initialised distributed training before the first training forward, if at all
+            self._sync = data_parallel_sync()
+            if self._sync is not None:
+                self._sync.attach(self)
         out = super().forward(*args, **kwargs)
         if self.training:
+            if self._sync is not None:
+                counter = self.bitops_counter
+                counter.pending = self._sync.flush(self, counter.pending)
             self.bitops_counter.step(self.quant_recipe.weight, self.quant_recipe.input)
         return out
 
@@ -123,6 +135,8 @@ class QuantRobertaModel(RobertaModel):
         self._apply_cpt_bits()
 
     def train(self, mode: bool = True):
+        if not mode and self.training and getattr(self, "_sync", None):
+            self._sync.check(self)  # fairseq switches to evaluation for each validation
         super().train(mode)
         self._apply_cpt_bits()
         return self
