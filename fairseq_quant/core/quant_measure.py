@@ -240,10 +240,10 @@ class QuantMeasure(nn.Module):
             return fake_quant_int(x, scale, zero_point, qmin, qmax, axis, rounding=self._rounding)
         fmt = get_format(spec.format)
         amax = torch.maximum(-torch.nan_to_num(lo.float(), nan=0.0), torch.nan_to_num(hi.float(), nan=0.0))
-        scale = _amax_scale(amax, fmt).reshape(-1)
         shape = (-1,) + (1,) * (x.dim() - 1) if axis is not None else ()
-        scale = scale.reshape(shape).to(x.dtype)
-        return quantize_ste(fmt, (x / scale).clamp(fmt.min, fmt.max), self._rounding) * scale
+        scale = _amax_scale(amax, fmt).reshape(shape)  # float32: a 16-bit scale can underflow to 0 (0 / 0 = NaN)
+        xf = x.float()
+        return (quantize_ste(fmt, (xf / scale).clamp(fmt.min, fmt.max), self._rounding) * scale).to(x.dtype)
 
     def _quantize_unscaled(self, x: torch.Tensor) -> torch.Tensor:
         fmt = get_format(self.spec.format)
@@ -400,12 +400,17 @@ class QuantMeasure(nn.Module):
         self._weight_cache = None
 
     def _apply(self, fn, recurse=True):
-        # Casting the model to fp16/bf16 must not cast the ranges: keep them float32, follow the device.
+        # Casting the model to fp16/bf16 must not cast the ranges, nor the learned scales and zero points (torch's
+        # learnable fake quantization takes float32 only): keep them float32, follow the device.
         super()._apply(fn, recurse)
         for name in ("running_min", "running_max", "dim_min", "dim_max"):
             buf = getattr(self, name, None)
             if buf is not None and buf.dtype != torch.float32:
                 setattr(self, name, buf.float())
+        for name in ("lsq_scale", "lsq_zero_point"):
+            param = getattr(self, name, None)
+            if param is not None and param.dtype != torch.float32:
+                param.data = param.data.float()
         return self
 
     def extra_repr(self) -> str:
@@ -440,6 +445,7 @@ class _RoundGradient(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         fmt = ctx.fmt
-        amax = torch.nan_to_num(grad.detach().abs().amax().float(), nan=0.0, posinf=0.0)
-        scale = _amax_scale(amax, fmt).to(grad.dtype)
-        return (fmt.quantize((grad / scale).clamp(fmt.min, fmt.max), ctx.rounding) * scale), None, None
+        g = grad.float()  # scaled in float32: small 16-bit gradients would flush to zero, a zero scale give NaN
+        amax = torch.nan_to_num(g.detach().abs().amax(), nan=0.0, posinf=0.0)
+        scale = _amax_scale(amax, fmt)
+        return (fmt.quantize((g / scale).clamp(fmt.min, fmt.max), ctx.rounding) * scale).to(grad.dtype), None, None
