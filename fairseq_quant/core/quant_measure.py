@@ -25,7 +25,7 @@ __all__ = ["QParams", "QuantMeasure"]
 logger = logging.getLogger(__name__)
 
 # state only some specs have: per-embedding-group ranges, learned (LSQ) ranges
-_OPTIONAL_STATE = ("dim_min", "dim_max", "group_index", "lsq_scale", "lsq_zero_point", "lsq_ready")
+_OPTIONAL_STATE = ("dim_min", "dim_max", "group_index", "lsq_scale", "lsq_zero_point", "lsq_ready", "lsq_grid")
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,8 @@ class QuantMeasure(nn.Module):
             if not spec.symmetric:
                 self.lsq_zero_point = nn.Parameter(torch.zeros(size, device=device))
             self.register_buffer("lsq_ready", torch.zeros((), dtype=torch.bool, device=device))
+            # the grid (qmin, qmax) the scale was learned on; (0, 0): the current one (checkpoints from before)
+            self.register_buffer("lsq_grid", torch.zeros(2, device=device))
         self.num_batches_tracked.zero_()
         self._initialized = False
         self._weight_cache = None
@@ -257,15 +259,30 @@ class QuantMeasure(nn.Module):
         self.lsq_scale.copy_(scale0.expand_as(self.lsq_scale))
         if zp0 is not None:
             self.lsq_zero_point.copy_(zp0.expand_as(self.lsq_zero_point))
+        self.lsq_grid.copy_(torch.tensor(int_grid(spec.bits, spec.signed, spec.symmetric), dtype=torch.float32))
         self.lsq_ready.fill_(True)
+
+    def _learned_qparams(self, qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The learned scale and zero point on the grid ``qmin..qmax``. Learned on another grid (``lsq_grid``: the
+        bits changed, as in cyclic precision), they keep the clipping range they learned: the scale grows by the
+        ratio of the grids' steps and the zero point moves with it (no device sync: tensor arithmetic)."""
+        scale = self.lsq_scale.clamp(min=MIN_SCALE)
+        ref_min, ref_max = self.lsq_grid[0], self.lsq_grid[1]
+        known = ref_max > ref_min
+        factor = torch.where(known, (ref_max - ref_min) / (qmax - qmin), torch.ones_like(ref_max))
+        if self.spec.symmetric:
+            return scale * factor, None
+        # the clipping range starts at (ref_min - zp) * scale; on the new grid at (qmin - zp') * scale * factor
+        zero_point = torch.where(known, qmin - (ref_min - self.lsq_zero_point) / factor, self.lsq_zero_point)
+        return scale * factor, zero_point
 
     def _quantize_learned(self, x: torch.Tensor, axis: int | None):
         """LSQ (Esser et al., 2020; LSQ+ zero point for asymmetric grids): torch's learnable fake quantization
         with the learned scale (``_start_learned`` set it first)."""
         spec = self.spec
         qmin, qmax = int_grid(spec.bits, spec.signed, spec.symmetric)
-        scale = self.lsq_scale.clamp(min=MIN_SCALE)
-        zero_point = self.lsq_zero_point if not spec.symmetric else torch.zeros_like(scale)
+        scale, zero_point = self._learned_qparams(qmin, qmax)
+        zero_point = torch.zeros_like(scale) if zero_point is None else zero_point
         xf = x.float()
         grad_factor = 1.0 / (max(xf.numel() // scale.numel(), 1) * qmax) ** 0.5  # LSQ's gradient scale
         if axis is None:
@@ -298,8 +315,9 @@ class QuantMeasure(nn.Module):
         axis = 0 if spec.per_channel else None
         if spec.learned and bool(self.lsq_ready):
             # torch's learnable fake quantization rounds the zero point to the nearest integer in the grid
-            zp = None if spec.symmetric else self.lsq_zero_point.detach().round().clamp(qmin, qmax).float()
-            return QParams(name, self.lsq_scale.detach().clamp(min=MIN_SCALE).float(), zp, qmin, qmax, axis, "static")
+            scale, zp = self._learned_qparams(qmin, qmax)
+            zp = None if zp is None else zp.detach().round().clamp(qmin, qmax).float()
+            return QParams(name, scale.detach().float(), zp, qmin, qmax, axis, "static")
         if not spec.needs_range:
             return QParams(name, torch.ones(1, device=self.running_min.device), None, qmin, qmax, None, "static")
         if not spec.dynamic and self._initialized:
@@ -403,7 +421,7 @@ class QuantMeasure(nn.Module):
         # Casting the model to fp16/bf16 must not cast the ranges, nor the learned scales and zero points (torch's
         # learnable fake quantization takes float32 only): keep them float32, follow the device.
         super()._apply(fn, recurse)
-        for name in ("running_min", "running_max", "dim_min", "dim_max"):
+        for name in ("running_min", "running_max", "dim_min", "dim_max", "lsq_grid"):
             buf = getattr(self, name, None)
             if buf is not None and buf.dtype != torch.float32:
                 setattr(self, name, buf.float())

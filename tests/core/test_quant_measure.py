@@ -213,3 +213,28 @@ def test_fake_quant_matches_torch_reference_values_and_gradients(bits, signed, s
     ref.backward(torch.arange(300.0).reshape(6, 50))
     torch.testing.assert_close(y, ref, rtol=0, atol=1e-6 * float(scale.max()))
     assert torch.equal(x.grad, x_ref.grad)
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["symmetric", "asymmetric"])
+def test_a_learned_scale_keeps_its_clipping_range_when_the_bits_change(symmetric):
+    """Cyclic precision with learned ranges: a scale learned on the 8-bit grid, used on the 4-bit grid, clips
+    where it did (it used to be reused as it was: the clipping range fell from 7.52 to 0.44)."""
+    spec = QuantSpec(mode="quantize", format="int8", symmetric=symmetric, learned=True)
+    q = QuantMeasure(spec).train()
+    q(torch.linspace(-2.0, 5.5, 200))
+
+    def clip(q):
+        p = q.eval_qparams()
+        zp = 0.0 if p.zero_point is None else float(p.zero_point)
+        return (p.qmin - zp) * float(p.scale), (p.qmax - zp) * float(p.scale), float(p.scale)
+
+    lo8, hi8, _ = clip(q)
+    assert hi8 == pytest.approx(5.5, rel=0.01)
+    q.set_spec(spec.with_bits(4))
+    lo4, hi4, step4 = clip(q)
+    assert hi4 - lo4 == pytest.approx(hi8 - lo8, rel=1e-5)
+    assert abs(lo4 - lo8) <= step4 / 2 and abs(hi4 - hi8) <= step4 / 2  # the zero point is rounded on the grid
+    y = q.eval()(torch.tensor([5.5, -2.0]))
+    assert float(y[0]) == pytest.approx(hi4, abs=1e-5)
+    q.set_spec(spec)  # back at 8 bits: the scale learned there
+    assert clip(q)[:2] == pytest.approx((lo8, hi8))
