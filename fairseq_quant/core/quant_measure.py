@@ -402,6 +402,7 @@ class QuantMeasure(nn.Module):
                 logger.warning(f"{prefix + name}: in the checkpoint, but this quantizer's spec does not use it: "
                                f"left out")
                 del state_dict[prefix + name]
+        reset = False
         for name, tensor in list(self._buffers.items()) + list(self._parameters.items()):
             key = prefix + name
             if key not in state_dict:
@@ -413,6 +414,15 @@ class QuantMeasure(nn.Module):
                 logger.warning(f"{key}: shape {tuple(state_dict[key].shape)} in the checkpoint, "
                                f"{tuple(tensor.shape)} here (granularity changed): initialised")
                 state_dict[key] = tensor
+                reset = True
+        if reset:  # the ranges kept are empty: the point must not count as recorded (it would quantize with zeros)
+            state_dict[prefix + "num_batches_tracked"] = torch.zeros_like(self.num_batches_tracked)
+            for name in ("dim_min", "dim_max", "group_index"):
+                if name in self._buffers:
+                    state_dict[prefix + name] = self._buffers[name][:0]
+                    setattr(self, name, self._buffers[name][:0])
+            if "lsq_ready" in self._buffers:
+                state_dict[prefix + "lsq_ready"] = torch.zeros_like(self.lsq_ready)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._initialized = bool(self.num_batches_tracked > 0)
         self._weight_cache = None

@@ -238,3 +238,16 @@ def test_a_learned_scale_keeps_its_clipping_range_when_the_bits_change(symmetric
     assert float(y[0]) == pytest.approx(hi4, abs=1e-5)
     q.set_spec(spec)  # back at 8 bits: the scale learned there
     assert clip(q)[:2] == pytest.approx((lo8, hi8))
+
+
+def test_ranges_of_another_granularity_load_as_unrecorded():
+    """A per-tensor checkpoint loaded where embedding groups are asked for: the ranges cannot be kept, so the
+    point must not count as recorded (it used to keep num_batches_tracked and quantize with zero ranges)."""
+    saved = QuantMeasure(QuantSpec(mode="quantize", format="uint8", symmetric=False)).train()
+    saved(torch.randn(4, 6))
+    q = QuantMeasure(QuantSpec(mode="quantize", format="uint8", symmetric=False, groups=2))
+    q.load_state_dict(saved.state_dict())
+    assert int(q.num_batches_tracked) == 0
+    x = torch.randn(3, 6)
+    y = q.eval()(x)  # the tensor's own per-group ranges, until some are recorded
+    assert torch.isfinite(y).all() and (y - x).abs().max() < 0.05
