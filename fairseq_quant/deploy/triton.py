@@ -95,10 +95,10 @@ def kernel_grid(q, x: torch.Tensor | None = None) -> tuple[str, torch.Tensor | N
         kind = "fp8"
     else:
         raise ValueError(f"its format is {p.format}; the kernels take integer grids and fp8_e4m3")
+    if p.scale is None and p.source == "uncalibrated":
+        raise ValueError("it has recorded no ranges: calibrate it first (evaluate.py --calib-batches N)")
     if p.scale is None and kind == "int8" and not q.spec.symmetric:
         raise ValueError("it has dynamic asymmetric ranges; dynamic ranges run on symmetric grids")
-    if p.scale is None and p.source == "uncalibrated":
-        raise ValueError("it has recorded no ranges: calibrate it first")
     return kind, p.scale, p.zero_point, p.qmin, p.qmax
 
 

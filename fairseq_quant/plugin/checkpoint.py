@@ -69,7 +69,7 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
         self.unsafe_globals = unsafe_globals
         super().__init__(
             f"Refusing to load checkpoint {self.path}: it holds global(s) {', '.join(unsafe_globals)} "
-            "not on fairseq-quant's allowlist (fairseq_quant.checkpoint.FAIRSEQ_SAFE_GLOBALS). Unpickling "
+            "not on fairseq-quant's allowlist (fairseq_quant.plugin.checkpoint.FAIRSEQ_SAFE_GLOBALS). Unpickling "
             "them could run code from the file; nothing was run. If you trust the file and these are "
             "plain data types, allowlist them with torch.serialization.add_safe_globals."
         )

@@ -85,6 +85,34 @@ def test_evaluate_bad_input_names_the_flag(qat_run, tiny_data, tmp_path, capsys)
         assert "Traceback" not in err and out == ""
 
 
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_evaluate_refuses_unsafe_or_uncalibrated_input_in_one_line(plain_roberta_run, tiny_data, tmp_path, capsys):
+    crafted, marker = tmp_path / "crafted.pt", tmp_path / "MARKER"
+    torch.save({"model": _RunsCode(marker)}, crafted)
+    fp32 = str(plain_roberta_run / "checkpoint_last.pt")
+    cases = [
+        (("--checkpoint", str(crafted), "--data", str(tiny_data)),
+         "holds global(s) posix.system not on fairseq-quant's allowlist (fairseq_quant.plugin.checkpoint"),
+        # PTQ for the kernels needs recorded ranges: an FP32 checkpoint has none until calibrated
+        (("--checkpoint", fp32, "--data", str(tiny_data), "--quantw", "--quantin", "--backend", "triton"),
+         "it has recorded no ranges: calibrate it first (evaluate.py --calib-batches N)"),
+    ]
+    for argv, needle in cases:
+        code, out, err = evaluate_in_process(capsys, *argv)
+        assert code == 2 and needle in err, (argv, err)
+        assert "Traceback" not in err and out == "" and len(err.strip().splitlines()[-1]) > 0
+    assert not marker.exists()
+
+
 def test_fairseq_train_rejects_bad_flags_at_parse_time(tiny_data, tmp_path, capsys):
     with pytest.raises(AssertionError, match=r"argument --bitsw: invalid bit width '1': expected an integer from 2"):
         fairseq_train(tiny_data, tmp_path / "bad", "--max-update", "1", "--bitsw", "1", timeout=120)
