@@ -304,6 +304,10 @@ def _check_weight_quant(name: str, module: QuantizedLinear, bits: int, signed: b
         if getattr(spec, key) != value:
             raise ValueError(f"{name}: its weight quantizer has {key}={getattr(spec, key)!r} but adaround_model "
                              f"was given {key}={value!r}; they must agree")
+    if spec.estimator != "minmax":
+        raise ValueError(f"{name}: its weight quantizer estimates ranges with {spec.estimator}; AdaRound rounds onto "
+                         f"the grid of the weight's min-max range, which a clipped range would round again "
+                         f"(--estimatorw minmax)")
     if not spec.dynamic and int(quant.num_batches_tracked) > 0:
         raise ValueError(f"{name}: its weight quantizer uses recorded running ranges; AdaRound needs one that takes "
                          f"the weight's own range (dynamic=True)")
@@ -379,7 +383,8 @@ def adaround_model(
             rounded, report = adaround_weight(
                 module.weight.detach(), inputs, bits=bits, signed=signed, symmetric=symmetric,
                 per_channel=per_channel, generator=g, **optimizer)
-            module.weight.data.copy_(rounded)
+            with torch.no_grad():  # not .data: the copy must bump the weight's version (quantizers cache by it)
+                module.weight.copy_(rounded)
             reports[name] = report
             if log is not None:
                 log(f"adaround {name}: mse nearest {report['mse_nearest']:.4g} -> adaround "

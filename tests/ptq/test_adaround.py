@@ -230,3 +230,20 @@ def test_adaround_model_refuses_a_layer_that_never_runs():
                           QuantizedLinear.wrap(nn.Linear(8, 8), None, spec))
     with pytest.raises(RuntimeError, match="1: the layer never ran"):
         adaround_model(model, [torch.randn(4, 8)], lambda b: model[0](b), bits=4, iters=1)
+
+
+def test_adaround_model_refuses_a_clipping_weight_estimator_and_refreshes_the_weight_cache():
+    """A weight quantizer with MSE or percentile ranges would round AdaRound's result again onto a clipped grid:
+    refused. The rounded weight is copied in so that its version changes: quantizers cache a weight's range by
+    its version, and a stale cache would serve the range from before AdaRound."""
+    batches = [tiny_batch(seed=0)]
+    for estimator in ("mse", "percentile"):
+        model = tiny_model(["--quantw", "--bitsw", "4", "--estimatorw", estimator]).eval()
+        with pytest.raises(ValueError, match=f"estimates ranges with {estimator}; AdaRound rounds onto the grid"):
+            adaround_model(model, batches, model, bits=4, iters=1)
+    model = tiny_model(["--quantw", "--bitsw", "4"]).eval()
+    linear = quantized_linears(model)["encoder.sentence_encoder.layers.0.fc1"]
+    version = linear.weight._version
+    adaround_model(model, batches, model, bits=4, iters=5, skip=lambda name: "layers.0.fc1" not in name)
+    assert linear.weight._version > version
+    assert torch.equal(linear.weight_quant(linear.weight.detach()), linear.weight.detach())
