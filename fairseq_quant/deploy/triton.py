@@ -138,13 +138,16 @@ def _deploy_linear(linear: QuantizedLinear, input_quant) -> DeployedLinear | str
 
 
 def _fuse_gelu(model: nn.Module) -> int:
-    """Fuse ``activation_fn`` into a deployed ``fc1`` where it is fairseq's GELU and quantizes nothing (so
-    ``activation_fn(fc1(x))`` is exactly ``fc1`` with a GELU epilogue). Returns how many were fused."""
+    """Fuse ``activation_fn`` into a deployed ``fc1`` where it is fairseq's GELU, quantizes nothing, and fc1's
+    output is not quantized (so ``activation_fn(fc1(x))`` is exactly ``fc1`` with a GELU epilogue). Returns how
+    many were fused."""
     fused = 0
     for module in model.modules():
         fc1, act = getattr(module, "fc1", None), getattr(module, "activation_fn", None)
         if not isinstance(fc1, DeployedLinear) or act is None:
             continue
+        if fc1.output_quant is not None and fc1.output_quant.active:
+            continue  # fc1's output is quantized before the GELU: the epilogue would apply GELU first
         fn = act
         if isinstance(act, QuantizedActivation):
             if any(q is not None and q.active for q in (act.input_quant, act.output_quant)):

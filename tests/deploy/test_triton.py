@@ -78,3 +78,25 @@ def test_evaluate_backend_triton_without_quantized_inputs_is_a_usage_error(qat_r
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "--backend triton: nothing to deploy" in err and "int16" in err
+
+
+def test_gelu_is_not_fused_under_a_quantized_fc1_output(tmp_path, monkeypatch):
+    """fc1's output quantized: the model computes gelu(quantize(fc1(x))); a GELU epilogue would compute
+    quantize(gelu(fc1(x))). Not fused, and the deployed model matches its twin."""
+    import json
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    recipe = tmp_path / "fc1_out.json"
+    recipe.write_text(json.dumps({"weight": {"mode": "quantize", "granularity": "channel"},
+                                  "input": {"mode": "quantize", "range": "asymmetric"},
+                                  "points": {"*.fc1.output_quant": {"mode": "quantize"}}}))
+    model = calibrated(["--quant-recipe", str(recipe)])
+    layer = model.encoder.sentence_encoder.layers[0]
+    assert layer.fc1.output_quant.active
+    tokens = tiny_batch(batch=3, seed=9)
+    fake = logits(model, tokens)
+    deploy(model)
+    assert isinstance(model.encoder.sentence_encoder.layers[0].fc1, DeployedLinear)
+    assert not model.encoder.sentence_encoder.layers[0].fc1.gelu
+    real = logits(model, tokens)
+    assert (real - fake).abs().max() <= 1e-5 * fake.abs().max()
