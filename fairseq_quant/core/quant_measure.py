@@ -285,6 +285,8 @@ class QuantMeasure(nn.Module):
         zero_point = torch.zeros_like(scale) if zero_point is None else zero_point
         xf = x.float()
         grad_factor = 1.0 / (max(xf.numel() // scale.numel(), 1) * qmax) ** 0.5  # LSQ's gradient scale
+        if self._rounding == "stochastic":
+            return _lsq_stochastic(xf, scale, zero_point, qmin, qmax, grad_factor, axis).to(x.dtype)
         if axis is None:
             y = torch._fake_quantize_learnable_per_tensor_affine(xf, scale, zero_point, qmin, qmax, grad_factor)
         else:
@@ -454,6 +456,23 @@ class QuantMeasure(nn.Module):
         ranges = "current" if s.dynamic else f"running(momentum={s.momentum})"
         est = "" if s.estimator == "minmax" else f", estimator={s.estimator}"
         return f"{s.mode}, {grid}, {kind}, {gran}, ranges={ranges}{est}{', learned' if s.learned else ''}"
+
+
+def _lsq_stochastic(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
+                    grad_factor: float, axis: int | None) -> torch.Tensor:
+    """LSQ with stochastic rounding (torch's learnable fake quantization rounds to nearest only), by autograd:
+    ``(clamp(sround(x / s + z), qmin, qmax) - z) * s`` with straight-through rounding, which gives LSQ's gradients
+    for ``x``, ``s`` and ``z``, and LSQ's gradient scale on ``s`` and ``z``."""
+    shape = () if axis is None else (-1,) + (1,) * (x.dim() - 1 - axis)
+
+    def scaled_grad(t: torch.Tensor) -> torch.Tensor:
+        return (t * grad_factor + (t - t * grad_factor).detach()).reshape(shape)
+
+    s, z = scaled_grad(scale), scaled_grad(zero_point)
+    z = z + (z.round().clamp(qmin, qmax) - z).detach()
+    v = x / s + z
+    q = v + (torch.floor(v + torch.rand_like(v)) - v).detach()
+    return (q.clamp(qmin, qmax) - z) * s
 
 
 def _amax_scale(amax: torch.Tensor, fmt) -> torch.Tensor:

@@ -251,3 +251,31 @@ def test_ranges_of_another_granularity_load_as_unrecorded():
     x = torch.randn(3, 6)
     y = q.eval()(x)  # the tensor's own per-group ranges, until some are recorded
     assert torch.isfinite(y).all() and (y - x).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("symmetric", [True, False], ids=["symmetric", "asymmetric"])
+def test_learned_ranges_round_stochastically_when_asked(symmetric):
+    """--quant-rounding stochastic at a learned-range point (it was silently nearest): unbiased in training, with
+    LSQ's gradients (the same as torch's learnable fake quantization's, up to the rounding), nearest in evaluation."""
+    spec = QuantSpec(mode="quantize", format="int4", symmetric=symmetric, learned=True, rounding="stochastic")
+    q = QuantMeasure(spec).train()
+    x = torch.linspace(-1.0, 1.0, 101)
+    q(x)  # starts the learned scale
+    torch.manual_seed(0)
+    ys = torch.stack([q(x) for _ in range(400)])
+    assert len({tuple(y.tolist()) for y in ys[:5]}) > 1  # random
+    p = q.eval_qparams()
+    step, zp = float(p.scale), 0.0 if p.zero_point is None else float(p.zero_point)
+    inside = (x > (p.qmin - zp) * step) & (x < (p.qmax - zp) * step)  # the clipped ends are not rounding
+    assert inside.sum() > 80
+    assert (ys.mean(0) - x)[inside].abs().max() < 0.15 * step  # unbiased
+    nearest = QuantMeasure(spec.replace(rounding="nearest")).train()
+    nearest.load_state_dict(q.state_dict())
+    xs = x.clone().requires_grad_(True)
+    q(xs).sum().backward()
+    g_stochastic = q.lsq_scale.grad.clone()
+    xn = x.clone().requires_grad_(True)
+    nearest(xn).sum().backward()
+    assert torch.isfinite(g_stochastic).all() and bool((g_stochastic != 0).all())
+    assert torch.equal(xs.grad[inside], xn.grad[inside])  # straight-through inside the range
+    assert torch.equal(q.eval()(x), nearest.eval()(x))  # evaluation rounds to nearest
