@@ -279,6 +279,9 @@ def recipe_from_args(args) -> QuantRecipe:
         return replace(recipe, points=recipe.points + extra)
     if getattr(args, "formatgrad", None) and not args.quantin:
         raise RecipeError("--formatgrad rounds the gradients of quantized inputs: it needs --quantin")
+    if args.learn_ranges and not (args.quantw or args.quantin):
+        raise RecipeError("--learn-ranges learns the scales of quantized weights and inputs: it needs --quantw "
+                          "and/or --quantin (--measurew/--measurein only record ranges)")
     if args.learn_ranges and "int" not in (args.formatw, args.formatin):
         raise RecipeError("--learn-ranges learns integer grids' scales; it needs --formatw or --formatin int")
 
@@ -304,7 +307,7 @@ def recipe_from_args(args) -> QuantRecipe:
         rounding=args.quant_rounding,
         estimator=args.estimatorw,
         percentile=args.percentile,
-        learned=args.learn_ranges and args.formatw == "int",
+        learned=args.learn_ranges and args.formatw == "int" and bool(args.quantw),  # measuring learns nothing
     )
     inp = spec(
         "input",
@@ -318,6 +321,6 @@ def recipe_from_args(args) -> QuantRecipe:
         grad_format=args.formatgrad,
         estimator=args.estimatorin,
         percentile=args.percentile,
-        learned=args.learn_ranges and args.formatin == "int",
+        learned=args.learn_ranges and args.formatin == "int" and bool(args.quantin),
     )
     return QuantRecipe(weight=weight, input=inp, ops=tuple(args.quantize_ops.split(",")), points=extra)

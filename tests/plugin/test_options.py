@@ -154,3 +154,24 @@ def test_evaluate_adarounds_weights_and_reports_the_reconstruction_gain(qat_run,
 def test_quant_dict_entries_reach_the_model():
     model = tiny_model(["--quantin", "--quant-dict", "{'residual': 'ngp2'}"])
     assert points(model)[PRE + "attn_residual_quant"].spec.groups == 2
+
+
+def test_measured_points_learn_no_scales():
+    """--quantw --measurein --learn-ranges: the weights learn their scales; the measured inputs only record
+    ranges and hold no parameters (unused parameters break DDP)."""
+    model = tiny_model(["--quantw", "--measurein", "--learn-ranges"])
+    learned = {name for name, _ in model.named_parameters() if "lsq_" in name}
+    assert any(".weight_quant." in n for n in learned) and not any(".input_quant." in n for n in learned)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--measurein", "--learn-ranges"], "--learn-ranges learns the scales of quantized weights and inputs: it needs"),
+    (["--quantin", "--quant-dict", "{'y': 'ng100000'}"],
+     "'y': 100000 embedding groups, but the model's embedding dimension (--encoder-embed-dim) is 64"),
+])
+def test_impossible_quantization_flags_are_usage_errors(flags, message, capsys):
+    from fairseq import options
+
+    with pytest.raises(SystemExit) as e:
+        options.parse_args_and_arch(options.get_training_parser(), ["data", *TINY_TRAIN, *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err
