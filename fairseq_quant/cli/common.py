@@ -49,9 +49,15 @@ def add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
 def add_calibration_args(parser: argparse.ArgumentParser, without: str) -> None:
     """``--calib-batches N --calib-split SPLIT --calib-skip-padding --batch-size N``; ``without`` says what
     ``--calib-batches 0`` (the default) leaves the ranges at."""
+    from ..ptq.calibrate import AVERAGES  # here: the commands that calibrate import fairseq anyway
+
     parser.add_argument("--calib-batches", type=int, default=0, metavar="N",
                         help=f"estimate the input ranges on N batches of --calib-split first (default 0: {without})")
     parser.add_argument("--calib-split", default="train", help="split used for calibration (default train)")
+    parser.add_argument("--calib-average", choices=AVERAGES, default="running",
+                        help="how the calibration batches' ranges combine: running (default: the quantizers' running "
+                             "average, momentum --qparams-momentum, so later batches weigh more) or equal (min-max: "
+                             "the min and max over the batches; other estimators: the mean of the batches' ranges)")
     parser.add_argument("--calib-skip-padding", action="store_true",
                         help="leave padding positions out of the calibrated activation ranges (default: counted)")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="sentences per batch (default 32)")

@@ -126,7 +126,7 @@ def evaluate(opts: argparse.Namespace) -> dict:
     model, task, cfg = load_model(opts)
     model.to(device).eval()
     used = calibrate(model, task, opts.calib_split, opts.calib_batches, opts.batch_size, opts.seed, device,
-                     opts.calib_skip_padding) if opts.calib_batches > 0 else 0
+                     opts.calib_skip_padding, opts.calib_average) if opts.calib_batches > 0 else 0
     adaround = run_adaround(model, task, opts, device) if opts.adaround else None
     deployed = run_deploy(model) if opts.backend == "triton" else None
     head = task.cfg.classification_head_name

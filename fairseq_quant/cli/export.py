@@ -64,7 +64,7 @@ def export_checkpoint(opts: argparse.Namespace) -> dict:
     model, task, _ = load_model_and_task(opts.checkpoint, opts.data, overrides)
     model.eval()
     used = calibrate(model, task, opts.calib_split, opts.calib_batches, opts.batch_size, opts.seed,
-                     torch.device("cpu"), opts.calib_skip_padding)
+                     torch.device("cpu"), opts.calib_skip_padding, opts.calib_average)
     head = task.cfg.classification_head_name
     if opts.ort_dynamic:
         from ..deploy.runtime import quantize_dynamic_peer
