@@ -52,7 +52,10 @@ def current_minmax(x: torch.Tensor, axis: int | None = None) -> tuple[torch.Tens
         xf = xf.movedim(axis, 0).reshape(x.shape[axis], -1)
         mn, mx = xf.amin(dim=1), xf.amax(dim=1)  # faster than aminmax(dim=1) on CPU
     mn, mx = mn.float(), mx.float()
-    if not bool(torch.isfinite(mn).all() & torch.isfinite(mx).all()):
+    # On a CPU, eager: look, and take the second pass only where a non-finite value is. On a GPU or under
+    # torch.compile looking is a device-to-host sync (and a graph break), so the second pass always runs.
+    sync_free = xf.device.type != "cpu" or torch.compiler.is_compiling()
+    if sync_free or not bool(torch.isfinite(mn).all() & torch.isfinite(mx).all()):
         finite = torch.isfinite(xf)
         big = torch.finfo(xf.dtype).max
         lo = torch.where(finite, xf, big)
@@ -157,15 +160,16 @@ def percentile_range(
     i0 = pos.floor().long()
     i1 = torch.minimum(i0 + 1, last)
     weight = (pos - i0).unsqueeze(1)
-    k = int(i1.max()) + 1 if rows.numel() else 0
-    if k == 0 or not bool(count.any()):
+    # how deep into each tail: from the row length (a bound on the finite count), so no value is read back
+    n = rows.shape[1]
+    k = min(int((100.0 - percentile) / 100.0 * max(n - 1, 0)) + 2, n)
+    if k == 0:
         nan = torch.full((rows.shape[0],), torch.nan, device=rows.device)
         return _range_shape(nan, nan, axis)
-    all_finite = bool(finite.all())
     ends = []
     for largest in (False, True):
         fill = -torch.inf if largest else torch.inf  # non-finite elements go behind the finite ones
-        r = rows if all_finite else torch.where(finite, rows, fill)
+        r = torch.where(finite, rows, fill)
         tail = torch.topk(r, k, dim=1, largest=largest, sorted=True).values.double()
         v0, v1 = tail.gather(1, i0.unsqueeze(1)), tail.gather(1, i1.unsqueeze(1))
         end = (v0 + weight * (v1 - v0)).squeeze(1)

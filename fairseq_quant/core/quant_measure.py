@@ -91,6 +91,7 @@ class QuantMeasure(nn.Module):
         self.spec = QuantSpec()
         self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
         self._initialized = False  # mirrors num_batches_tracked > 0 without a device sync
+        self._lsq_started = False  # mirrors lsq_ready, likewise
         self.token_mask: torch.Tensor | None = None  # (batch, time) True at real tokens, set during calibration
         self._weight_cache = None
         # Data-parallel training (plugin.distributed) sets ``defer``: a training forward then quantizes with its
@@ -132,6 +133,7 @@ class QuantMeasure(nn.Module):
             self.register_buffer("lsq_grid", torch.zeros(2, device=device))
         self.num_batches_tracked.zero_()
         self._initialized = False
+        self._lsq_started = False
         self._weight_cache = None
 
     def set_spec(self, spec: QuantSpec) -> None:
@@ -155,6 +157,7 @@ class QuantMeasure(nn.Module):
         if self.spec.learned:
             self.lsq_ready.zero_()
         self._initialized = False
+        self._lsq_started = False
         self._weight_cache = None
 
     @property
@@ -176,7 +179,7 @@ class QuantMeasure(nn.Module):
         if spec.grad_format is not None and self.training and x.requires_grad:
             # rounds the gradient that leaves this point (the STE passes it through the quantization unchanged)
             x = _RoundGradient.apply(x, get_format(spec.grad_format), spec.rounding)
-        if spec.learned and bool(self.lsq_ready):
+        if spec.learned and self._lsq_started:
             # the learned scale has replaced the estimate: no estimator runs (an MSE search each step made QAT
             # 3x slower)
             return self._quantize_learned(x, axis)
@@ -261,6 +264,7 @@ class QuantMeasure(nn.Module):
             self.lsq_zero_point.copy_(zp0.expand_as(self.lsq_zero_point))
         self.lsq_grid.copy_(torch.tensor(int_grid(spec.bits, spec.signed, spec.symmetric), dtype=torch.float32))
         self.lsq_ready.fill_(True)
+        self._lsq_started = True
 
     def _learned_qparams(self, qmin: int, qmax: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The learned scale and zero point on the grid ``qmin..qmax``. Learned on another grid (``lsq_grid``: the
@@ -427,6 +431,7 @@ class QuantMeasure(nn.Module):
                 state_dict[prefix + "lsq_ready"] = torch.zeros_like(self.lsq_ready)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._initialized = bool(self.num_batches_tracked > 0)
+        self._lsq_started = bool(self.lsq_ready) if "lsq_ready" in self._buffers else False
         self._weight_cache = None
 
     def _apply(self, fn, recurse=True):

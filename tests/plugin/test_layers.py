@@ -131,3 +131,33 @@ def test_plain_linear_state_loads_into_wrapped_layer_and_keeps_quantizer_initial
     per_channel = QuantizedLinear.wrap(nn.Linear(4, 3), None, QuantSpec(mode="quantize", per_channel=True))
     per_channel.load_state_dict(wrapped.state_dict(), strict=False)  # per-tensor ranges saved: reset
     assert per_channel.weight_quant.running_max.shape == (3,)
+
+
+@pytest.mark.parametrize("flags", [
+    ["--quantw", "--quantin"],  # running min-max ranges
+    ["--quantw", "--quantin", "--learn-ranges"],
+    ["--quantw", "--quantin", "--estimatorin", "percentile", "--quant-rounding", "stochastic"],
+], ids=["running ranges", "learned ranges", "percentile, stochastic"])
+def test_a_quantized_layer_compiles_without_a_host_sync(flags):
+    """torch.compile(fullgraph=True) fails on a graph break, which any read of a tensor's value on the host
+    (bool(t), t.item(), int(t)) causes: the quantizers' training and evaluation forwards read none."""
+    import torch._dynamo
+
+    model = tiny_model(flags)
+    fc1 = model.encoder.sentence_encoder.layers[0].fc1
+    x = torch.randn(5, 3, fc1.in_features, generator=torch.Generator().manual_seed(0))
+    fc1.train()
+    fc1(x)  # the first step starts the ranges (and learned scales)
+    for training in (True, False):
+        fc1.train(training)
+        eager_state = {k: v.clone() for k, v in fc1.state_dict().items()}
+        torch.manual_seed(1)
+        eager = fc1(x)
+        after_eager = {k: v.clone() for k, v in fc1.state_dict().items()}
+        fc1.load_state_dict(eager_state)
+        torch._dynamo.reset()
+        torch.manual_seed(1)
+        compiled = torch.compile(fc1, backend="eager", fullgraph=True)(x)
+        assert torch.equal(compiled, eager)
+        for k, v in fc1.state_dict().items():
+            assert torch.equal(v, after_eager[k]), k  # the same range update
