@@ -38,6 +38,8 @@ class RunLog:
     inbits: list[int] = field(default_factory=list)
     macs: float = 0.0
     bitops: float = 0.0
+    bw_macs: float = 0.0  # the backward GEMMs' account (logs from before it: 0)
+    bw_bitops: float = 0.0
     valid: list[dict[str, float]] = field(default_factory=list)
     best_metric: str = "loss"  # the run's --best-checkpoint-metric, and whether it is maximised
     maximize: bool = False
@@ -45,6 +47,11 @@ class RunLog:
     @property
     def bitops_vs_static8(self) -> float:
         return self.bitops / (STATIC8 * self.macs)
+
+    @property
+    def backward_vs_static8(self) -> float | None:
+        """Backward bit operations over those of static 8-bit operands with 32-bit gradients (32 x 8 a MAC)."""
+        return self.bw_bitops / (32 * 8 * self.bw_macs) if self.bw_macs else None
 
 
 _TRAIN_INNER = re.compile(r"\| train_inner \| .*?(\w+=.*)$")
@@ -72,6 +79,8 @@ def parse_log(path: str) -> RunLog:
                     run.wbits.append(int(float(kv["wbits"])))
                     run.inbits.append(int(float(kv["inbits"])))
                     run.macs, run.bitops = float(kv["macs"]), float(kv["bitops"])
+                    if "bw_bitops" in kv:
+                        run.bw_macs, run.bw_bitops = float(kv["bw_macs"]), float(kv["bw_bitops"])
                 continue
             m = _VALID.search(line)
             if m:
@@ -111,8 +120,8 @@ def report_table(groups: dict[str, list[RunLog]], metric: str | None = None) -> 
     defaults to the first run's --best-checkpoint-metric; "best" follows its direction."""
     first = next(iter(groups.values()))[0]
     metric = metric or first.best_metric
-    lines = [f"| run | seeds | updates | final {metric} | best {metric} | mean W/A bits | bit ops vs static 8-bit |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"| run | seeds | updates | final {metric} | best {metric} | mean W/A bits | bit ops vs static 8-bit "
+             f"| backward bit ops vs static 8-bit |", "|---|---|---|---|---|---|---|---|"]
     for name, runs in groups.items():
         for run in runs:
             if metric not in run.valid[-1]:
@@ -125,8 +134,10 @@ def report_table(groups: dict[str, list[RunLog]], metric: str | None = None) -> 
         wmean = statistics.mean(statistics.mean(r.wbits) for r in runs)
         imean = statistics.mean(statistics.mean(r.inbits) for r in runs)
         ratio = statistics.mean(r.bitops_vs_static8 for r in runs)
+        backward = [r.backward_vs_static8 for r in runs]
+        bw = f"{statistics.mean(backward):.3f}" if None not in backward else "—"
         lines.append(f"| {name} | {len(runs)} | {runs[0].updates[-1]} | {_mean_std(final)} | {_mean_std(best)} | "
-                     f"{wmean:.2f} / {imean:.2f} | {ratio:.3f} |")
+                     f"{wmean:.2f} / {imean:.2f} | {ratio:.3f} | {bw} |")
     return "\n".join(lines)
 
 

@@ -7,10 +7,17 @@ weighted with the bit widths of the recipe in force (a point that is not quantiz
 
     bitops = linear MACs x weight bits x input bits + attention MACs x input bits x input bits
 
-Only forward GEMMs are counted (gradients are not quantized). The cumulative totals are saved with the model
-(buffers ``macs`` and ``bitops``, float64), so a resumed run continues its account, and logged on every update
-as ``macs``, ``bitops``, ``wbits`` and ``inbits`` through fairseq's metrics (``train_inner`` lines, TensorBoard).
-A static 8-bit run has ``bitops == 64 * macs``.
+The backward GEMMs are counted separately, as CPT's cost model does: each forward GEMM has two in the backward
+pass of its MACs (a linear layer's input and weight gradients; each attention matmul's two operand gradients),
+whose operands are the gradient (``gbits``: 32, or the ``--formatgrad`` format's bits) and the forward operand:
+
+    bw_bitops = linear MACs x gbits x (weight bits + input bits) + attention MACs x 2 x gbits x input bits
+
+The cumulative totals are saved with the model (buffers ``macs``, ``bitops``, ``bw_macs``, ``bw_bitops``,
+float64), so a resumed run continues its account, and logged on every update as ``macs``, ``bitops``,
+``bw_macs``, ``bw_bitops``, ``wbits`` and ``inbits`` through fairseq's metrics (``train_inner`` lines,
+TensorBoard). A static 8-bit run has ``bitops == 64 * macs``. ``reset()`` starts the account again at zero (the
+model calls it when fairseq resets its meters or its optimizer on a ``--restore-file``).
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import torch
 from fairseq.logging import metrics
 from torch import nn
 
+from ..core.formats import get_format
 from ..core.spec import QuantSpec
 from .layers import QuantizedLinear, QuantizedMultiheadAttention
 
@@ -29,6 +37,14 @@ __all__ = ["BitOpsCounter", "operand_bits"]
 logger = logging.getLogger(__name__)
 
 FULL_PRECISION_BITS = 32
+
+
+_TOTALS = ("macs", "bitops", "bw_macs", "bw_bitops")
+
+
+def grad_bits(input_spec: QuantSpec) -> int:
+    """Bits of the gradients in the backward GEMMs: the ``--formatgrad`` format's, else 32."""
+    return get_format(input_spec.grad_format).bits if input_spec.grad_format else FULL_PRECISION_BITS
 
 
 def operand_bits(spec: QuantSpec) -> int:
@@ -45,10 +61,9 @@ class BitOpsCounter(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.register_buffer("macs", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("bitops", torch.zeros((), dtype=torch.float64))
-        self._macs = 0.0  # the totals as Python floats: counting and logging never wait for a device
-        self._bitops = 0.0
+        for name in _TOTALS:
+            self.register_buffer(name, torch.zeros((), dtype=torch.float64))
+        self._totals = dict.fromkeys(_TOTALS, 0.0)  # as Python floats: counting and logging never wait for a device
         self._linear = 0
         self._attention = 0
         self._hooked: weakref.WeakSet = weakref.WeakSet()
@@ -91,36 +106,50 @@ class BitOpsCounter(nn.Module):
     def step(self, weight_spec: QuantSpec, input_spec: QuantSpec) -> None:
         """Add the MACs counted since the last step at these bit widths; log the totals and the bits."""
         w, i = operand_bits(weight_spec), operand_bits(input_spec)
-        self._macs += self._linear + self._attention
-        self._bitops += self._linear * w * i + self._attention * i * i
+        g = grad_bits(input_spec)
+        lin, att = self._linear, self._attention
+        t = self._totals
+        t["macs"] += lin + att
+        t["bitops"] += lin * w * i + att * i * i
+        t["bw_macs"] += 2 * (lin + att)
+        t["bw_bitops"] += lin * g * (w + i) + att * 2 * g * i
         self._linear = self._attention = 0
         metrics.log_scalar("wbits", w, weight=0, round=0)
         metrics.log_scalar("inbits", i, weight=0, round=0)
-        metrics.log_scalar("macs", self._macs, weight=0)
-        metrics.log_scalar("bitops", self._bitops, weight=0)
+        for name in _TOTALS:
+            metrics.log_scalar(name, t[name], weight=0)
 
     def totals(self) -> tuple[float, float]:
-        """(cumulative MACs, cumulative bit operations)."""
-        return self._macs, self._bitops
+        """(cumulative MACs, cumulative bit operations) of the forward GEMMs."""
+        return self._totals["macs"], self._totals["bitops"]
+
+    def backward_totals(self) -> tuple[float, float]:
+        """(cumulative MACs, cumulative bit operations) of the backward GEMMs."""
+        return self._totals["bw_macs"], self._totals["bw_bitops"]
+
+    def reset(self) -> None:
+        """Start the account again at zero."""
+        self._totals = dict.fromkeys(_TOTALS, 0.0)
+        self._linear = self._attention = 0
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        self.macs.fill_(self._macs)
-        self.bitops.fill_(self._bitops)
+        for name in _TOTALS:
+            getattr(self, name).fill_(self._totals[name])
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name, buf in self._buffers.items():  # checkpoints from before the account start it at zero
             state_dict.setdefault(prefix + name, torch.zeros_like(buf))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._macs, self._bitops = float(self.macs), float(self.bitops)
+        self._totals = {name: float(getattr(self, name)) for name in _TOTALS}
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        for name in ("macs", "bitops"):  # casting the model to fp16 must not round the totals
+        for name in _TOTALS:  # casting the model to fp16 must not round the totals
             buf = getattr(self, name)
             if buf.dtype != torch.float64:
                 setattr(self, name, buf.double())
         return self
 
     def extra_repr(self) -> str:
-        return f"macs={self._macs:g}, bitops={self._bitops:g}"
+        return ", ".join(f"{name}={self._totals[name]:g}" for name in _TOTALS)

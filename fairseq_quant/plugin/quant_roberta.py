@@ -96,6 +96,10 @@ class QuantRobertaModel(RobertaModel):
         quantize_model(model, recipe)
         set_int8_training(model, *model.int8_training)
         model.bitops_counter.attach(model)
+        # fairseq-train --restore-file CKPT --reset-meters (or --reset-optimizer: the update count restarts) starts
+        # a new run from CKPT's weights: its bit-operation account starts at zero, at the first training forward
+        model._reset_account = bool(safe_getattr(args, "reset_meters", False)
+                                    or safe_getattr(args, "reset_optimizer", False))
         if config is not None:
             model.cpt = CyclicPrecision(config, (args.bitsw, args.bitsin),
                                         total=lambda: total_updates(args, task, model))
@@ -126,6 +130,10 @@ class QuantRobertaModel(RobertaModel):
             self._points_checked = True
             for key in self.quant_recipe.unmatched_points(point_names(self)):
                 logger.warning(f"quantization recipe: points key {key!r} matches no quantizer of this model")
+        if self.training and getattr(self, "_reset_account", False):
+            # the first training forward of a run that resets its meters (after the checkpoint has loaded)
+            self._reset_account = False
+            self.bitops_counter.reset()
         if self.training and self._sync is False:
             # fairseq has initialised distributed training before the first training forward, if at all
             self._sync = data_parallel_sync()

@@ -47,9 +47,12 @@ def test_report_table_rows(logs):
     table = report_table({"static8": [parse_log(logs["static8"])], "cpt": [parse_log(logs["cpt"])]})
     lines = table.splitlines()
     assert lines[0].startswith("| run | seeds | updates | final accuracy | best accuracy |")
-    assert lines[2].startswith("| static8 | 1 | 10 |") and lines[2].endswith("| 8.00 / 8.00 | 1.000 |")
+    assert lines[2].startswith("| static8 | 1 | 10 |") and lines[2].endswith("| 8.00 / 8.00 | 1.000 | 1.000 |")
     mean_w = sum(parse_log(logs["cpt"]).wbits) / 10
     assert f"| {mean_w:.2f} / " in lines[3]
+    cpt = parse_log(logs["cpt"])
+    assert 8 / 64 < cpt.backward_vs_static8 < 1.0  # 32-bit gradients times the cycling operands
+    assert lines[3].endswith(f"| {cpt.bitops_vs_static8:.3f} | {cpt.backward_vs_static8:.3f} |")
 
 
 def test_cli_writes_markdown_and_png(logs, tmp_path):
@@ -87,7 +90,7 @@ def test_experiment3_runs_the_sweep_on_the_default_task_and_reports(tmp_path):
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     # the sweep's two points are the same config: run once
     assert [r.split(" | ")[0] for r in rows[1:]] == ["| static8", "| cpt-w4-8-a4-8-p2"]
-    assert rows[1].endswith("| 1.000 |")
+    assert rows[1].endswith("| 1.000 | 1.000 |")  # forward and backward bit operations of static 8-bit
     (run,) = [d for d in os.listdir(tmp_path / "e3") if "-cpt-sweep-default-task-" in d]
     assert sorted(p.name for p in (tmp_path / "e3" / run).glob("cfg_cpt-*")) == ["cfg_cpt-cpt-w4-8-a4-8-p2.json"]
     assert (tmp_path / "e3" / run / "report" / "bit_schedules.png").exists()

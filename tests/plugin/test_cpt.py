@@ -170,6 +170,8 @@ def test_bitops_account_counts_gemm_macs_times_bits():
     macs, bitops = model.bitops_counter.totals()
     assert macs == linear + attention
     assert bitops == linear * 4 * 6 + attention * 6 * 6
+    # the backward GEMMs, separately: two per forward GEMM, gradients (32 bits) times the forward operand
+    assert model.bitops_counter.backward_totals() == (2 * macs, linear * 32 * (4 + 6) + attention * 2 * 32 * 6)
     model.eval()  # evaluation forwards are not training work
     model(tokens, features_only=True, classification_head_name="sentence_classification_head")
     assert model.bitops_counter.totals() == (macs, bitops)
@@ -191,7 +193,7 @@ def test_bitops_totals_stay_float64_when_the_model_is_cast():
 
 # --- fairseq-train, as a user runs it ---------------------------------------------------------------------
 
-FIELDS = ("num_updates", "wbits", "inbits", "macs", "bitops", "loss", "accuracy")
+FIELDS = ("num_updates", "wbits", "inbits", "macs", "bitops", "bw_macs", "bw_bitops", "loss", "accuracy")
 
 
 def train_inner(log: str) -> dict[int, dict[str, str]]:
@@ -313,3 +315,19 @@ def test_resume_after_a_kill_mid_cycle_matches_an_uninterrupted_run(tiny_data, t
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
+
+
+def test_a_run_that_resets_its_meters_starts_its_account_at_zero(tiny_data, tmp_path):
+    """QAT from an FP32 checkpoint with --restore-file --reset-optimizer --reset-meters is a new run: its account
+    starts at zero (it continued the FP32 run's). A plain resume continues it (test_resume_after_a_kill...)."""
+    first = train_inner(fairseq_train(tiny_data, tmp_path / "fp32", "--max-update", "3").stdout)
+    qat = train_inner(fairseq_train(
+        tiny_data, tmp_path / "qat", "--quantw", "--quantin", "--max-update", "2", "--restore-file",
+        str(tmp_path / "fp32" / "checkpoint_last.pt"), "--reset-optimizer", "--reset-meters",
+        "--reset-dataloader").stdout)
+    assert float(first[3]["macs"]) > 0
+    step = float(qat[1]["macs"])  # one update's forward MACs, nothing carried over
+    assert float(qat[2]["macs"]) == pytest.approx(2 * step, rel=0.3)  # batches differ in length a little
+    assert float(qat[1]["bitops"]) == pytest.approx(64 * step, rel=1e-4)
+    assert float(qat[1]["bw_macs"]) == pytest.approx(2 * step, rel=1e-4)
+    assert float(qat[1]["bw_bitops"]) == pytest.approx(32 * 16 * step, rel=1e-4)  # 32-bit gradients x (8 + 8)
