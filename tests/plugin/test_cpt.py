@@ -331,3 +331,23 @@ def test_a_run_that_resets_its_meters_starts_its_account_at_zero(tiny_data, tmp_
     assert float(qat[1]["bitops"]) == pytest.approx(64 * step, rel=1e-4)
     assert float(qat[1]["bw_macs"]) == pytest.approx(2 * step, rel=1e-4)
     assert float(qat[1]["bw_bitops"]) == pytest.approx(32 * 16 * step, rel=1e-4)  # 32-bit gradients x (8 + 8)
+
+
+def test_points_kept_at_a_fixed_precision_while_the_rest_cycles(tmp_path):
+    """CPT per point: --quant-dict fixes the FFN residual sum y, the token embeddings Et and the FFN input x at
+    8 bits while the base bits cycle; the account counts fc1 (whose input is x) at its own 8 input bits."""
+    cfg = write(tmp_path, {**VALID, "inbit_min": 4, "inbit_max": 8})  # 4-8 bits for weights and inputs
+    model = tiny_model(["--quantw", "--quantin", "--cpt-config", cfg, "--quant-dict", "{'y': 8, 'Et': 8, 'x': 8}"],
+                       max_update=30)
+    model.train()
+    low = next(t for t in range(30) if model.cpt.bits(True, t) == (4, 4))
+    model.set_num_updates(low)
+    layer = model.encoder.sentence_encoder.layers[0]
+    assert layer.fc2.weight_quant.spec.bits == 4 and layer.self_attn.input_quant.spec.bits == 4  # cycling
+    assert layer.ffn_residual_quant.spec.bits == 8 and layer.fc1.input_quant.spec.bits == 8  # fixed
+    assert model.encoder.sentence_encoder.embed_tokens.weight_quant.spec.bits == 8
+    tokens = tiny_batch(batch=3, length=10)
+    model(tokens, features_only=True, classification_head_name="sentence_classification_head")
+    macs, bitops = model.bitops_counter.totals()
+    fc1 = 3 * 10 * 64 * 128 * 2  # both layers
+    assert bitops == (macs - fc1) * 4 * 4 + fc1 * 4 * 8
