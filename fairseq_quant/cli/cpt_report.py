@@ -41,6 +41,7 @@ class RunLog:
     bw_macs: float = 0.0  # the backward GEMMs' account (logs from before it: 0)
     bw_bitops: float = 0.0
     valid: list[dict[str, float]] = field(default_factory=list)
+    train: list[dict[str, float]] = field(default_factory=list)  # each train_inner line's loss (and accuracy)
     best_metric: str = "loss"  # the run's --best-checkpoint-metric, and whether it is maximised
     maximize: bool = False
 
@@ -81,6 +82,7 @@ def parse_log(path: str) -> RunLog:
                     run.macs, run.bitops = float(kv["macs"]), float(kv["bitops"])
                     if "bw_bitops" in kv:
                         run.bw_macs, run.bw_bitops = float(kv["bw_macs"]), float(kv["bw_bitops"])
+                    run.train.append({k: float(kv[k]) for k in ("loss", "accuracy") if k in kv})
                 continue
             m = _VALID.search(line)
             if m:
@@ -139,6 +141,42 @@ def report_table(groups: dict[str, list[RunLog]], metric: str | None = None) -> 
         lines.append(f"| {name} | {len(runs)} | {runs[0].updates[-1]} | {_mean_std(final)} | {_mean_std(best)} | "
                      f"{wmean:.2f} / {imean:.2f} | {ratio:.3f} | {bw} |")
     return "\n".join(lines)
+
+
+def precision_range(run: RunLog, threshold: float = 0.9) -> tuple[int, str]:
+    """The precision range test (CPT's way of choosing the lower bound) on the log of a staircase run: the
+    lowest bit width from which training works, and a markdown table of each width's phase.
+
+    Each width's phase is the updates trained at it. Its training accuracy (sentence prediction logs one; else
+    its loss) is the mean over the phase's second half, where the run has had time to adapt to the width. The
+    bound is the lowest width from which every phase reaches ``threshold`` of the top phase's accuracy (loss: at
+    most its loss / ``threshold``). The top phase is at the highest width, the one known to train. Raises
+    ``ReportError`` for a log that is not a staircase run."""
+    if not run.train or len(run.train) != len(run.wbits):
+        raise ReportError(f"{run.path}: no train_inner lines with a training loss; run it with --log-interval 1")
+    if any(b < a for a, b in zip(run.wbits, run.wbits[1:])) or len(set(run.wbits)) < 2:
+        raise ReportError(f"{run.path}: its weight bits do not rise step by step (a staircase schedule run: "
+                          f"fairseq-quant-experiment precision-range)")
+    key = "accuracy" if all("accuracy" in t for t in run.train) else "loss"
+    phases: dict[int, list[float]] = {}
+    last: dict[int, int] = {}  # each phase's last update
+    for bits, t, update in zip(run.wbits, run.train, run.updates):
+        phases.setdefault(bits, []).append(t[key])
+        last[bits] = update
+    score = {b: statistics.mean(v[len(v) // 2:]) for b, v in phases.items()}
+    widths = sorted(score)
+    top = score[widths[-1]]
+    works = {b: (s >= threshold * top) if key == "accuracy" else (s <= top / threshold) for b, s in score.items()}
+    bound = widths[-1]
+    for b in reversed(widths):
+        if not works[b]:
+            break
+        bound = b
+    lines = [f"| bits (W = A) | updates | training {key} (second half of the phase) | within {threshold:g} of the "
+             f"top |", "|---|---|---|---|"]
+    for b, before in zip(widths, [0, *(last[w] for w in widths)]):
+        lines.append(f"| {b} | {last[b] - before} | {score[b]:.3f} | {'yes' if works[b] else 'no'} |")
+    return bound, "\n".join(lines)
 
 
 def plot_schedules(groups: dict[str, list[RunLog]], path: str) -> None:

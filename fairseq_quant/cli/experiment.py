@@ -233,8 +233,9 @@ class Runner:
         if row.cpt:
             lo, hi = (int(b) for b in row.cpt[0].split("-"))
             cfg = self.run_dir / f"cfg_cpt-{row.name}.json"
+            schedule = {"schedule": row.cpt[2]} if len(row.cpt) > 2 else {}
             cfg.write_text(json.dumps({"wbit_min": lo, "wbit_max": hi, "inbit_min": lo, "inbit_max": hi,
-                                       "num_cyclic_period": int(row.cpt[1])}) + "\n")
+                                       "num_cyclic_period": int(row.cpt[1]), **schedule}) + "\n")
             flags += ["--cpt-config", str(cfg)]
         log = save.with_suffix(".log")
         cmd = ["fairseq-train", str(data), "--user-dir", str(PLUGIN), *task_flags, *self.arch_flags, *restore,
@@ -267,6 +268,8 @@ class Runner:
         from ..data.tables import read_results, results_table
 
         kind = self.exp.table
+        if kind == "precision-range":
+            return self._precision_range()
         if kind == "cpt":
             self.command("the CPT report", [sys.executable, str(REPO / "scripts" / "cpt_report.py"), *self.logs,
                                             "--out", str(self.run_dir / "report")], self.run_dir / "report.log")
@@ -278,6 +281,19 @@ class Runner:
             names = {"fp32": "FP32", **{k: v[0] for k, v in FORMATS.items()}}
             return results_table(results, pivot=list(self.exp.pivot), row_names=names, row_title="format")
         return results_table(results, latency=kind == "latency")
+
+    def _precision_range(self) -> str:
+        """The staircase run's table, and the cfg_cpt.json with its bound (``cli.cpt_report.precision_range``)."""
+        from .cpt_report import parse_log, precision_range
+
+        o = self.opts
+        log = self.logs[0].split("=", 1)[1]
+        bound, table = precision_range(parse_log(log), float(o.threshold or "0.9"))
+        top = int((o.range or "2-8").split("-")[1])
+        cfg = self.run_dir / "cfg_cpt.json"
+        cfg.write_text(json.dumps({"wbit_min": bound, "wbit_max": top, "inbit_min": bound, "inbit_max": top,
+                                   "num_cyclic_period": int(o.period or "8")}, indent=2) + "\n")
+        return f"{table}\n\nlowest width that trains: {bound} bits; written: {cfg} ({bound}-{top} bits)"
 
     # -- the experiments that are not fine-tuning runs -------------------------------------------------------------
     def _sensitivity(self) -> str:

@@ -27,7 +27,7 @@ class Train:
     name: str
     flags: tuple[str, ...] = ()
     start_from: str | None = None  # a run of this experiment whose best checkpoint the run fine-tunes
-    cpt: tuple[str, str] | None = None  # (bit range LO-HI, cycles): a cfg_cpt.json the runner writes for the run
+    cpt: tuple[str, ...] | None = None  # (bit range LO-HI, cycles[, schedule]): a cfg_cpt.json the runner writes
 
 
 @dataclass(frozen=True)
@@ -248,6 +248,18 @@ def _listed(value: str, allowed: dict, flag: str) -> list[str]:
     return names
 
 
+def _precision_range(o) -> list:
+    """One W8A8 fine-tuning whose bits rise from the bottom of --range to its top (the staircase schedule)."""
+    lo, hi = _bit_range(o["range"]).split("-")
+    _count(o, "period", 1)
+    threshold = float(o["threshold"]) if o["threshold"].replace(".", "", 1).isdigit() else -1.0
+    if not 0 < threshold <= 1:
+        raise ValueError(f"--threshold must be a number in (0, 1], got {o['threshold']!r}")
+    if lo == hi:
+        raise ValueError(f"--range must span more than one width, got {o['range']!r}")
+    return [Train("precision-range", W8A8, cpt=(f"{lo}-{hi}", "1", "staircase"))]
+
+
 def _count(o, name: str, minimum: int = 0) -> str:
     """The option ``name`` of ``o``, checked to be an integer >= ``minimum`` (returned as the text given)."""
     value = o[name]
@@ -302,6 +314,15 @@ EXPERIMENTS = {e.name: e for e in (
                                      Option("period", "8", "cycles of the range sweep"),
                                      Option("range", "4-8", "bit range of the period sweep")),
                title="CPT sweep"),
+    Experiment("precision-range", "the precision range test: one W8A8 fine-tuning whose bits rise one at a time "
+               "through --range; reports the lowest width from which training works and writes a cfg_cpt.json "
+               "with it as the lower bound", _precision_range, table="precision-range", pretrained="minilm",
+               max_update=(280, 700),
+               options=(Option("range", "2-8", "bit range LO-HI the staircase climbs"),
+                        Option("period", "8", "num_cyclic_period of the cfg_cpt.json it writes"),
+                        Option("threshold", "0.9", "a width works when its training accuracy reaches this "
+                                                   "fraction of the top width's")),
+               title="Precision range test"),
     Experiment("int8-training", "BF16 against each --int8-training mode (and stochastic rounding), dev metric and "
                "time per run", _int8, options=(Option("modes", "bf16,fwd,fwd_dgrad,all,all_sr",
                                                       f"modes, from {', '.join(INT8_MODES)}"),),

@@ -13,6 +13,10 @@ the last), which is what fairseq passes to ``model.set_num_updates`` on each tra
 have fractional length instead of a leftover partial cycle at the end.
 
 Example, 4..8 bits, 2 cycles over 8 updates: ``[4, 5, 6, 7, 4, 5, 6, 7]``.
+
+``"schedule": "staircase"`` (with ``num_cyclic_period`` 1) is the precision range test's schedule instead: the
+bits rise one at a time from the minimum to the maximum in equal steps over the run (``staircase_bits``), so one
+short run shows from which width on training works (``fairseq-quant-experiment precision-range``).
 """
 from __future__ import annotations
 
@@ -23,8 +27,8 @@ from dataclasses import asdict, dataclass
 from .formats import MAX_BITS, MIN_BITS
 from .jsonfiles import read_json
 
-__all__ = ["CPTConfig", "CPTConfigError", "CyclicPrecisionScheduler", "cyclic_bits", "load_cpt_config",
-           "parse_eval_bits"]
+__all__ = ["CPTConfig", "CPTConfigError", "CyclicPrecisionScheduler", "SCHEDULES", "cyclic_bits", "load_cpt_config",
+           "parse_eval_bits", "staircase_bits"]
 
 
 class CPTConfigError(ValueError):
@@ -42,7 +46,20 @@ def cyclic_bits(update: int, total_updates: int, bits_min: int, bits_max: int, n
     return int(round(bits_min + (bits_max - bits_min) * (1.0 - math.cos(math.pi * phase)) / 2.0))
 
 
+def staircase_bits(update: int, total_updates: int, bits_min: int, bits_max: int) -> int:
+    """The precision range test's bit width at ``update`` (0-based) of ``total_updates``: ``bits_min`` for the
+    first ``1 / (bits_max - bits_min + 1)`` of the run, one more for the next, ..., ``bits_max`` for the last.
+
+    Example, 2..8 bits over 14 updates: ``[2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8]``."""
+    if total_updates < 1:
+        raise ValueError(f"total_updates must be >= 1, got {total_updates}")
+    steps = bits_max - bits_min + 1
+    return bits_min + min(update * steps // total_updates, steps - 1)
+
+
 KEYS = ("wbit_min", "wbit_max", "inbit_min", "inbit_max", "num_cyclic_period")
+OPTIONAL = {"schedule": "cosine"}  # keys a file may leave out, with their defaults
+SCHEDULES = ("cosine", "staircase")
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,7 @@ class CPTConfig:
     inbit_min: int
     inbit_max: int
     num_cyclic_period: int
+    schedule: str = "cosine"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -65,11 +83,18 @@ class CPTConfig:
             raise CPTConfigError(f"{source}: expected a JSON object with keys {', '.join(KEYS)}, "
                                  f"got {type(data).__name__}")
         missing = [k for k in KEYS if k not in data]
-        unknown = sorted(k for k in data if k not in KEYS)
+        unknown = sorted(k for k in data if k not in KEYS and k not in OPTIONAL)
         if missing or unknown:
             parts = ([f"missing key(s) {', '.join(missing)}"] if missing else []) + (
                 [f"unknown key(s) {', '.join(unknown)}"] if unknown else [])
-            raise CPTConfigError(f"{source}: {'; '.join(parts)} (the keys are {', '.join(KEYS)})")
+            raise CPTConfigError(f"{source}: {'; '.join(parts)} (the keys are {', '.join(KEYS)}, and optionally "
+                                 f"{', '.join(OPTIONAL)})")
+        schedule = data.get("schedule", OPTIONAL["schedule"])
+        if schedule not in SCHEDULES:
+            raise CPTConfigError(f"{source}: schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        if schedule == "staircase" and data["num_cyclic_period"] != 1:
+            raise CPTConfigError(f"{source}: the staircase schedule rises once over the run: num_cyclic_period "
+                                 f"must be 1, got {data['num_cyclic_period']!r}")
         for key in KEYS:
             value = data[key]
             if isinstance(value, bool) or not isinstance(value, int):
@@ -84,7 +109,7 @@ class CPTConfig:
             lo, hi = data[f"{kind}_min"], data[f"{kind}_max"]
             if lo > hi:
                 raise CPTConfigError(f"{source}: {kind}_min ({lo}) must not exceed {kind}_max ({hi})")
-        return cls(**{k: data[k] for k in KEYS})
+        return cls(**{k: data[k] for k in KEYS}, schedule=schedule)
 
 
 def load_cpt_config(path: str) -> CPTConfig:
@@ -125,6 +150,9 @@ class CyclicPrecisionScheduler:
 
     def bits_at(self, update: int) -> tuple[int, int]:
         c = self.config
+        if c.schedule == "staircase":
+            return (staircase_bits(update, self.total_updates, c.wbit_min, c.wbit_max),
+                    staircase_bits(update, self.total_updates, c.inbit_min, c.inbit_max))
         return (
             cyclic_bits(update, self.total_updates, c.wbit_min, c.wbit_max, c.num_cyclic_period),
             cyclic_bits(update, self.total_updates, c.inbit_min, c.inbit_max, c.num_cyclic_period),

@@ -1,7 +1,9 @@
 """The CPT report (scripts/cpt_report.py) on real training logs, and the experiment scripts end to end."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 
@@ -108,3 +110,51 @@ def test_experiment2_refuses_a_bad_cpt_config_before_running_anything(tmp_path):
     proc = subprocess.run(["bash", str(REPO / "scripts" / "experiment2.bash"), "--bits", "4"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "cpt takes no --bits" in proc.stderr
+
+
+def staircase_log(tmp_path, accuracy_at: dict[int, float]) -> str:
+    """A fairseq train log of a staircase run: 4 updates per width, the given training accuracy at each."""
+    lines, n = [], 0
+    for bits, acc in accuracy_at.items():
+        for k in range(4):
+            n += 1
+            lines.append(f"2026-12-01 10:00:00 | INFO | train_inner | epoch 001:  {n} / 99 wbits={bits}, "
+                         f"inbits={bits}, macs={n}e6, bitops={n * bits * bits}e6, loss={2 - acc / 100:.3f}, "
+                         f"accuracy={acc - 3 + 2 * k}, num_updates={n}, lr=0.001")
+    lines.append("2026-12-01 10:00:01 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 0.5 | "
+                 f"accuracy 90 | num_updates {n}")
+    path = tmp_path / "staircase.log"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_precision_range_picks_the_lowest_width_from_which_training_works(tmp_path):
+    from fairseq_quant.cli.cpt_report import precision_range
+
+    log = staircase_log(tmp_path, {2: 50.0, 3: 52.0, 4: 81.0, 5: 70.0, 6: 88.0, 7: 90.0, 8: 91.0})
+    bound, table = precision_range(parse_log(log), threshold=0.85)
+    # 5 bits (72) falls under 0.85 x 93 (79): the bound is the lowest width from which every width works
+    assert bound == 6
+    assert "| 4 | 4 | 83.000 | yes |" in table and "| 5 | 4 | 72.000 | no |" in table
+    assert precision_range(parse_log(log), threshold=0.75)[0] == 4
+    with pytest.raises(ReportError, match="do not rise step by step"):
+        precision_range(parse_log(staircase_log(tmp_path, {8: 90.0, 4: 80.0})))
+
+
+def test_precision_range_experiment_writes_the_cfg_with_its_bound(tmp_path):
+    """fairseq-quant-experiment precision-range as a user runs it, on the tiny model (4 updates per width)."""
+    from fairseq_quant.core.schedule import load_cpt_config
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(["fairseq-quant-experiment", "precision-range", "--pretrained", "tiny", "--max-update",
+                           "28", "--period", "4", "--out", str(tmp_path / "prt")],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and not line.startswith("| bits")]
+    assert [int(r.split(" | ")[0][2:]) for r in rows] == [2, 3, 4, 5, 6, 7, 8]
+    assert all(r.split(" | ")[1] == "4" for r in rows)  # 4 updates at each width: the staircase
+    (run,) = [d for d in (tmp_path / "prt").iterdir() if "-precision-range-" in d.name]
+    cfg = load_cpt_config(str(run / "cfg_cpt.json"))
+    bound = int(re.search(r"lowest width that trains: (\d+) bits", proc.stdout)[1])
+    assert (cfg.wbit_min, cfg.inbit_min, cfg.wbit_max, cfg.num_cyclic_period) == (bound, bound, 8, 4)
+    assert json.loads((run / "cfg_cpt-precision-range.json").read_text())["schedule"] == "staircase"

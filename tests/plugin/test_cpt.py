@@ -22,6 +22,7 @@ from fairseq_quant.core.schedule import (
     cyclic_bits,
     load_cpt_config,
     parse_eval_bits,
+    staircase_bits,
 )
 from fairseq_quant.plugin.checkpoint import load_checkpoint
 
@@ -91,9 +92,11 @@ def test_example_configs_are_valid():
 
 @pytest.mark.parametrize("change, message", [
     ({"wbit_min": None}, "missing key(s) wbit_min (the keys are wbit_min, wbit_max, inbit_min, inbit_max, "
-                         "num_cyclic_period)"),
+                         "num_cyclic_period, and optionally schedule)"),
     ({"num_cycles": 2}, "unknown key(s) num_cycles (the keys are wbit_min, wbit_max, inbit_min, inbit_max, "
-                        "num_cyclic_period)"),
+                        "num_cyclic_period, and optionally schedule)"),
+    ({"schedule": "linear"}, "schedule must be one of cosine, staircase, got 'linear'"),
+    ({"schedule": "staircase"}, "the staircase schedule rises once over the run: num_cyclic_period must be 1, got 3"),
     ({"wbit_min": 4.0}, "wbit_min must be an integer, got 4.0"),
     ({"inbit_max": "8"}, "inbit_max must be an integer, got '8'"),
     ({"inbit_max": True}, "inbit_max must be an integer, got True"),
@@ -351,3 +354,13 @@ def test_points_kept_at_a_fixed_precision_while_the_rest_cycles(tmp_path):
     macs, bitops = model.bitops_counter.totals()
     fc1 = 3 * 10 * 64 * 128 * 2  # both layers
     assert bitops == (macs - fc1) * 4 * 4 + fc1 * 4 * 8
+
+
+def test_the_staircase_schedule_rises_once_through_every_width():
+    assert [staircase_bits(t, 14, 2, 8) for t in range(14)] == [2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8]
+    assert [staircase_bits(t, 10, 4, 6) for t in range(10)] == [4, 4, 4, 4, 5, 5, 5, 6, 6, 6]
+    cfg = CPTConfig(2, 8, 2, 8, 1, schedule="staircase")
+    scheduler = CyclicPrecisionScheduler(cfg, 70)
+    assert [scheduler.bits_at(t)[0] for t in (0, 9, 10, 69)] == [2, 2, 3, 8]
+    assert CPTConfig.from_dict(json.loads(cfg.to_json())) == cfg  # saved with a checkpoint, read back
+    assert CPTConfig.from_dict({**VALID}).schedule == "cosine"  # files without the key: CPT's cosine
