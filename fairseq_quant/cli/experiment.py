@@ -206,7 +206,8 @@ class Runner:
         tasks = self.tasks()
         trains = [r for r in rows if isinstance(r, Train)]
         per_seed = [r for r in rows if isinstance(r, (Eval, Export))]
-        self.steps = self.step + len(tasks) * len(self.seeds) * (len(trains) + len(per_seed))
+        self.steps = self.step + len(tasks) * len(self.seeds) * (len(trains) + len(per_seed)) + (
+            self.exp.table == "cpt")  # the CPT report is a step too
         self.results = self.run_dir / "results.csv"
         for label, data, task_flags in tasks:
             for seed in self.seeds:
