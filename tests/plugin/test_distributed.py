@@ -90,7 +90,7 @@ def _sync_worker(rank: int, port: int, out: str) -> None:
 
     from fairseq_quant.core.quant_measure import QuantMeasure
     from fairseq_quant.core.spec import QuantSpec
-    from fairseq_quant.plugin.distributed import RangeSync
+    from fairseq_quant.plugin.distributed import QuantStateMismatch, RangeSync
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     sync = RangeSync()
@@ -103,7 +103,16 @@ def _sync_worker(rank: int, port: int, out: str) -> None:
         q.train()(shard)
         assert q.pending is not None and not q._initialized  # deferred: the buffers wait for the flush
     counts = sync.flush(points, [10.0 * (rank + 1)])
-    torch.save({"counts": counts, "state": [dict(q.state_dict()) for q in points]}, f"{out}/rank{rank}.pt")
+    state = [{k: v.clone() for k, v in q.state_dict().items()} for q in points]
+    sync.check(points)  # they agree: logs so, raises nothing
+    if rank == 1:
+        points[1].running_max += 1.0  # one worker's state drifts
+    try:
+        sync.check(points)
+        mismatch = ""
+    except QuantStateMismatch as e:
+        mismatch = str(e)
+    torch.save({"counts": counts, "state": state, "mismatch": mismatch}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -111,6 +120,8 @@ def test_range_sync_combines_the_shards_by_the_estimators_rule(tmp_path):
     torch.multiprocessing.spawn(_sync_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert a["counts"] == b["counts"] == [30.0]  # the MACs account summed over the workers
+    # the validation check: both workers stop, naming the first point that differs
+    assert a["mismatch"] == b["mismatch"] == "quantizer state differs between the 2 data-parallel workers, first at 1"
     shards = [torch.randn(64, 4, generator=torch.Generator().manual_seed(r)) * (1 + 3 * r) for r in (0, 1)]
     both = torch.cat(shards)
     for sa, sb in zip(a["state"], b["state"]):
