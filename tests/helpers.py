@@ -149,6 +149,17 @@ def fairseq_train(data: Path, save_dir: Path, *flags: str, timeout: int = 300, e
     return proc
 
 
+def script_refuses(script: str, *args: str, out: Path, messages: tuple[str, ...]) -> None:
+    """``bash scripts/SCRIPT ARGS --out OUT`` as a user runs it must stop with a usage error (exit 2) whose
+    stderr holds every one of ``messages``, before anything runs (``OUT`` is not created)."""
+    proc = subprocess.run(["bash", str(REPO / "scripts" / script), *args, "--out", str(out)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    for message in messages:
+        assert message in proc.stderr, proc.stderr
+    assert not out.exists()
+
+
 def run_evaluate(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``scripts/evaluate.py`` as a user would (``env``: extra environment variables)."""
     cmd = [sys.executable, str(REPO / "scripts" / "evaluate.py"), *args]

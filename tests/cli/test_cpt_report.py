@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO, fairseq_train
+from helpers import REPO, fairseq_train, script_refuses
 
 from fairseq_quant.cli.cpt_report import ReportError, parse_log, report_table
 from fairseq_quant.core.schedule import CPTConfig, CyclicPrecisionScheduler
@@ -101,12 +101,8 @@ def test_experiment3_runs_the_sweep_on_the_default_task_and_reports(tmp_path):
 def test_experiment2_refuses_a_bad_cpt_config_before_running_anything(tmp_path):
     bad = tmp_path / "cfg.json"
     bad.write_text('{"wbit_min": 4, "wbit_max": 8, "inbit_min": 4, "inbit_max": 8}')
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "experiment2.bash"), "--cpt-configs", str(bad), "--out",
-                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    assert f"fairseq-quant-experiment cpt: error: {bad}" in proc.stderr
-    assert "missing key(s) num_cyclic_period" in proc.stderr
-    assert not (tmp_path / "out").exists()
+    script_refuses("experiment2.bash", "--cpt-configs", str(bad), out=tmp_path / "out",
+                   messages=(f"fairseq-quant-experiment cpt: error: {bad}", "missing key(s) num_cyclic_period"))
     proc = subprocess.run(["bash", str(REPO / "scripts" / "experiment2.bash"), "--bits", "4"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "cpt takes no --bits" in proc.stderr

@@ -3,7 +3,7 @@ import csv
 import os
 import subprocess
 
-from helpers import REPO, accuracy_by_hand
+from helpers import REPO, accuracy_by_hand, script_refuses
 
 
 def test_ptq_table_runs_every_row_on_the_default_task(tmp_path):
@@ -27,8 +27,5 @@ def test_ptq_table_runs_every_row_on_the_default_task(tmp_path):
 
 
 def test_ptq_table_refuses_bad_numbers_before_running(tmp_path):
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "ptq_table.bash"), "--adaround-iters", "many", "--out",
-                           str(tmp_path / "p")], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
-    assert "--adaround-iters must be an integer >= 1, got 'many'" in proc.stderr
-    assert not (tmp_path / "p").exists()
+    script_refuses("ptq_table.bash", "--adaround-iters", "many", out=tmp_path / "p",
+                   messages=("--adaround-iters must be an integer >= 1, got 'many'",))
