@@ -17,7 +17,7 @@ from .estimators import (
     per_dim_minmax,
     running_average,
 )
-from .formats import fake_quant_int, get_format, int_grid, quantize_ste
+from .formats import fake_quant_int, get_format, int_grid, quantize_ste, round_int
 from .spec import QuantSpec
 
 __all__ = ["QParams", "QuantMeasure"]
@@ -290,7 +290,7 @@ class QuantMeasure(nn.Module):
         xf = x.float()
         grad_factor = 1.0 / (max(xf.numel() // scale.numel(), 1) * qmax) ** 0.5  # LSQ's gradient scale
         if self._rounding == "stochastic":
-            return _lsq_stochastic(xf, scale, zero_point, qmin, qmax, grad_factor, axis).to(x.dtype)
+            return _lsq_stochastic(xf, scale, zero_point, spec, grad_factor, axis).to(x.dtype)
         if axis is None:
             y = torch._fake_quantize_learnable_per_tensor_affine(xf, scale, zero_point, qmin, qmax, grad_factor)
         else:
@@ -319,7 +319,7 @@ class QuantMeasure(nn.Module):
             return QParams(name, expand_groups(scale, self.group_index),
                            None if zp is None else expand_groups(zp, self.group_index), qmin, qmax, -1, "static")
         axis = 0 if spec.per_channel else None
-        if spec.learned and bool(self.lsq_ready):
+        if spec.learned and self._lsq_started:
             # torch's learnable fake quantization rounds the zero point to the nearest integer in the grid
             scale, zp = self._learned_qparams(qmin, qmax)
             zp = None if zp is None else zp.detach().round().clamp(qmin, qmax).float()
@@ -463,11 +463,13 @@ class QuantMeasure(nn.Module):
         return f"{s.mode}, {grid}, {kind}, {gran}, ranges={ranges}{est}{', learned' if s.learned else ''}"
 
 
-def _lsq_stochastic(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
+def _lsq_stochastic(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec,
                     grad_factor: float, axis: int | None) -> torch.Tensor:
     """LSQ with stochastic rounding (torch's learnable fake quantization rounds to nearest only), by autograd:
-    ``(clamp(sround(x / s + z), qmin, qmax) - z) * s`` with straight-through rounding, which gives LSQ's gradients
-    for ``x``, ``s`` and ``z``, and LSQ's gradient scale on ``s`` and ``z``."""
+    ``(clamp(sround(x / s + z), qmin, qmax) - z) * s`` on ``spec``'s grid, with straight-through rounding
+    (``formats.round_int``), which gives LSQ's gradients for ``x``, ``s`` and ``z``, and LSQ's gradient scale on
+    ``s`` and ``z``."""
+    qmin, qmax = int_grid(spec.bits, spec.signed, spec.symmetric)
     shape = () if axis is None else (-1,) + (1,) * (x.dim() - 1 - axis)
 
     def scaled_grad(t: torch.Tensor) -> torch.Tensor:
@@ -476,8 +478,8 @@ def _lsq_stochastic(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tens
     s, z = scaled_grad(scale), scaled_grad(zero_point)
     z = z + (z.round().clamp(qmin, qmax) - z).detach()
     v = x / s + z
-    q = v + (torch.floor(v + torch.rand_like(v)) - v).detach()
-    return (q.clamp(qmin, qmax) - z) * s
+    q = v + (round_int(v.detach(), spec.bits, spec.signed, spec.symmetric, "stochastic") - v).detach()
+    return (q.clamp(qmin, qmax) - z) * s  # the clamp: no gradient to x outside the grid
 
 
 def _amax_scale(amax: torch.Tensor, fmt) -> torch.Tensor:
