@@ -25,6 +25,7 @@ from torch import nn
 
 from ..core.estimators import combine_ranges
 from ..core.quant_measure import QuantMeasure
+from .layers import quantizers
 
 __all__ = ["QuantStateMismatch", "RangeSync", "data_parallel_sync"]
 
@@ -53,11 +54,15 @@ class RangeSync:
     def __init__(self, group=None):
         self.group = group
         self.world = dist.get_world_size(group)
+        self.points: list[QuantMeasure] = []  # attached, in model order (the same on every worker)
 
     def attach(self, model: nn.Module) -> None:
         """Make every quantizer of ``model`` defer its updates to ``flush`` (call again after adding modules)."""
-        for q in _points(model):
+        known = set(self.points)
+        for q in quantizers(model):
             q.defer, q.combine = True, self.combine
+            if q not in known:
+                self.points.append(q)
 
     def _gather(self, flat: torch.Tensor) -> torch.Tensor:
         """``world x n``: every worker's ``flat`` (the same length on every worker)."""
@@ -67,10 +72,10 @@ class RangeSync:
         dist.all_gather(rows, flat.contiguous(), group=self.group)
         return torch.stack(rows)
 
-    def flush(self, model: nn.Module, counts: list[float]) -> list[float]:
-        """Commit every pending batch statistic of ``model``, combined over the workers, in one collective;
-        returns ``counts`` (e.g. the forward's MACs) summed over the workers."""
-        points = [q for q in _points(model) if q.pending is not None]
+    def flush(self, counts: list[float]) -> list[float]:
+        """Commit every pending batch statistic of the attached quantizers, combined over the workers, in one
+        collective; returns ``counts`` (e.g. the forward's MACs) summed over the workers."""
+        points = [q for q in self.points if q.pending is not None]
         device = points[0].running_min.device if points else torch.device("cpu")
         parts = [torch.tensor([float(len(points)), *counts], dtype=torch.float64, device=device)]
         for q in points:
@@ -113,10 +118,6 @@ class RangeSync:
             raise QuantStateMismatch(f"quantizer state differs between the {self.world} data-parallel workers, "
                                      f"first at {name}")
         logger.info(f"quantizer state identical on all {self.world} workers ({len(names)} points)")
-
-
-def _points(model: nn.Module) -> list[QuantMeasure]:
-    return [m for m in model.modules() if isinstance(m, QuantMeasure)]
 
 
 def _checksum(q: QuantMeasure) -> torch.Tensor:

@@ -143,7 +143,7 @@ class QuantRobertaModel(RobertaModel):
         if self.training:
             if self._sync is not None:
                 counter = self.bitops_counter
-                counter.pending = self._sync.flush(self, counter.pending)
+                counter.pending = self._sync.flush(counter.pending)
             self.bitops_counter.step(self.quant_recipe.weight, self.quant_recipe.input)
         return out
 

@@ -102,7 +102,7 @@ def _sync_worker(rank: int, port: int, out: str) -> None:
     for q in points:
         q.train()(shard)
         assert q.pending is not None and not q._initialized  # deferred: the buffers wait for the flush
-    counts = sync.flush(points, [10.0 * (rank + 1)])
+    counts = sync.flush([10.0 * (rank + 1)])
     state = [{k: v.clone() for k, v in q.state_dict().items()} for q in points]
     sync.check(points)  # they agree: logs so, raises nothing
     if rank == 1:
