@@ -260,6 +260,27 @@ def recipe_from_args(args) -> QuantRecipe:
     several flags checked here and only here: the recipe saved with a checkpoint (``quant_recipe_json``), else
     ``--quant-recipe`` (which replaces the other quantization flags), else the plain flags; ``--quant-dict`` adds
     its points to either. Raises RecipeError naming the flags."""
+    recipe = _recipe_from_flags(args)
+    _check_groups(recipe, args)
+    return recipe
+
+
+def _check_groups(recipe: QuantRecipe, args) -> None:
+    """Embedding groups split an embedding dimension: at most one group per dimension of the model's widest."""
+    dims = {k: getattr(args, k, None) for k in ("encoder_embed_dim", "decoder_embed_dim")}
+    dims = {k: d for k, d in dims.items() if isinstance(d, int) and not isinstance(d, bool)}
+    if not dims:
+        return
+    name, dim = max(dims.items(), key=lambda kv: kv[1])
+    for key, entry in recipe.points:
+        groups = entry.get("groups", 0) if isinstance(entry, dict) else 0
+        if groups > dim:
+            raise RecipeError(f"quantization point {key!r}: {groups} embedding groups, but the model's embedding "
+                              f"dimension (--{name.replace('_', '-')}) is {dim}: give ngN or ngpN with N from 1 to "
+                              f"{dim}")
+
+
+def _recipe_from_flags(args) -> QuantRecipe:
     for q, m in (("quantw", "measurew"), ("quantin", "measurein")):
         if getattr(args, q, False) and getattr(args, m, False):
             raise RecipeError(f"--{q} and --{m} cannot be combined: --{m} records ranges without quantizing, --{q} "

@@ -35,16 +35,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["QuantRobertaModel"]
 
 
-def _check_groups(recipe: QuantRecipe, args) -> None:
-    """Embedding groups split the embedding dimension: at most one group per dimension."""
-    dim = safe_getattr(args, "encoder_embed_dim", None)
-    for key, entry in recipe.points:
-        groups = entry.get("groups", 0) if isinstance(entry, dict) else 0
-        if dim and groups > dim:
-            raise ValueError(f"quantization point {key!r}: {groups} embedding groups, but the model's embedding "
-                             f"dimension (--encoder-embed-dim) is {dim}: give ngN or ngpN with N from 1 to {dim}")
-
-
 @register_model("quant_roberta")
 class QuantRobertaModel(RobertaModel):
     """RoBERTa whose linear layers and attention GEMM operands go through QuantMeasures (see ``layers.py``)."""
@@ -72,7 +62,6 @@ class QuantRobertaModel(RobertaModel):
         set_quant_defaults(args)
         check_int8_training_args(args)
         recipe = recipe_from_args(args)
-        _check_groups(recipe, args)
         config = cpt_config_from_args(args)
         if config is None:
             return recipe, None
