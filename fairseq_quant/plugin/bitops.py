@@ -80,18 +80,16 @@ class BitOpsCounter(nn.Module):
     def attach(self, model: nn.Module) -> None:
         """Hook every QuantizedLinear and QuantizedMultiheadAttention of ``model`` not hooked yet (call it again
         after adding modules, e.g. a classification head)."""
-        for parent in model.modules():
+        for parent in model.modules():  # a linear's input quantizer may be its parent's (q/k/v: the attention's)
             for child, module in parent.named_children():
+                if module in self._hooked:
+                    continue
+                self._hooked.add(module)
                 if isinstance(module, QuantizedLinear):
                     self._inputs[module] = gemm_input_quantizer(parent, child, module)
-        for module in model.modules():
-            if module in self._hooked:
-                continue
-            self._hooked.add(module)
-            if isinstance(module, QuantizedLinear):
-                module.register_forward_hook(self._count_linear)
-            elif isinstance(module, QuantizedMultiheadAttention):
-                module.register_forward_hook(self._count_attention, with_kwargs=True)
+                    module.register_forward_hook(self._count_linear)
+                elif isinstance(module, QuantizedMultiheadAttention):
+                    module.register_forward_hook(self._count_attention, with_kwargs=True)
 
     def _add(self, macs: float, pairs: tuple[tuple[QuantMeasure | None, QuantMeasure | None], ...]) -> None:
         """``macs`` multiply-accumulates shared equally by the GEMMs whose operand quantizers ``pairs`` lists."""
