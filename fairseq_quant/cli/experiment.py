@@ -289,11 +289,11 @@ class Runner:
 
         o = self.opts
         log = self.logs[0].split("=", 1)[1]
-        bound, table = precision_range(parse_log(log), float(o.threshold or "0.9"))
-        top = int((o.range or "2-8").split("-")[1])
+        bound, table = precision_range(parse_log(log), float(o.threshold))
+        top = int(o.range.split("-")[1])
         cfg = self.run_dir / "cfg_cpt.json"
         cfg.write_text(json.dumps({"wbit_min": bound, "wbit_max": top, "inbit_min": bound, "inbit_max": top,
-                                   "num_cyclic_period": int(o.period or "8")}, indent=2) + "\n")
+                                   "num_cyclic_period": int(o.period)}, indent=2) + "\n")
         return f"{table}\n\nlowest width that trains: {bound} bits; written: {cfg} ({bound}-{top} bits)"
 
     # -- the experiments that are not fine-tuning runs -------------------------------------------------------------
