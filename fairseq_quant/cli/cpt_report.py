@@ -19,7 +19,7 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 
-__all__ = ["RunLog", "parse_log", "report_table", "plot_schedules", "main"]
+__all__ = ["RunLog", "parse_log", "phase_table", "report_table", "plot_schedules", "main"]
 
 STATIC8 = 64.0  # 8-bit weights x 8-bit inputs
 
@@ -143,6 +143,53 @@ def report_table(groups: dict[str, list[RunLog]], metric: str | None = None) -> 
     return "\n".join(lines)
 
 
+def _phases(run: RunLog) -> list[str | None]:
+    """Each train_inner line's place in its cycle: ``bottom`` (the bits that cycle within the lowest quarter of
+    their range), ``top`` (the highest quarter) or None (between). Bits that do not change are left out."""
+    kinds = [b for b in (run.wbits, run.inbits) if min(b) < max(b)]
+    places = []
+    for i in range(len(run.updates)):
+        level = statistics.mean((b[i] - min(b)) / (max(b) - min(b)) for b in kinds)
+        places.append("bottom" if level <= 0.25 else "top" if level >= 0.75 else None)
+    return places
+
+
+def phase_table(groups: dict[str, list[RunLog]], metric: str | None = None) -> str:
+    """Markdown: per group, the training accuracy (the loss where none is logged) over all its train_inner lines,
+    and for a cyclic group that and the validation metric at the bottom and at the top of the cycles (see
+    ``_phases``); each is the mean over a run's lines, then mean ± std over the seeds. A validation is placed by
+    the train_inner line at its update (the bits of the updates just before it): validate at a multiple of
+    --log-interval. A static group's "all lines" is the reference for both ends of a cycle."""
+    first = next(iter(groups.values()))[0]
+    metric = metric or first.best_metric
+    key = "accuracy" if all("accuracy" in t for t in first.train) else "loss"
+    lines = [f"| run | training {key}, all lines | training {key}, bottom | training {key}, top | {metric} at the "
+             f"bottom (validations) | {metric} at the top (validations) |", "|---|---|---|---|---|---|"]
+    for name, runs in groups.items():
+        cells: dict[str, list[float]] = {"all": [], "train bottom": [], "train top": [], "valid bottom": [],
+                                         "valid top": []}
+        counts = {"bottom": 0, "top": 0}
+        cyclic = any(min(b) < max(b) for b in (runs[0].wbits, runs[0].inbits))
+        for run in runs:
+            cells["all"].append(statistics.mean(t[key] for t in run.train if key in t))
+            if not cyclic:
+                continue
+            places = _phases(run)
+            at = dict(zip(run.updates, places))
+            for where in ("bottom", "top"):
+                train = [t[key] for t, p in zip(run.train, places) if p == where and key in t]
+                valid = [v[metric] for v in run.valid if metric in v and at.get(int(v.get("num_updates", -1))) == where]
+                if train:
+                    cells[f"train {where}"].append(statistics.mean(train))
+                if valid:
+                    cells[f"valid {where}"].append(statistics.mean(valid))
+                counts[where] += len(valid)
+        c = {k: _mean_std(v) if v else "—" for k, v in cells.items()}
+        valid = f"{c['valid bottom']} ({counts['bottom']}) | {c['valid top']} ({counts['top']})" if cyclic else "— | —"
+        lines.append(f"| {name} | {c['all']} | {c['train bottom']} | {c['train top']} | {valid} |")
+    return "\n".join(lines)
+
+
 def precision_range(run: RunLog, threshold: float = 0.9) -> tuple[int, str]:
     """The precision range test (CPT's way of choosing the lower bound) on the log of a staircase run: the
     lowest bit width from which training works, and a markdown table of each width's phase.
@@ -216,11 +263,14 @@ def main(argv: list[str] | None = None) -> None:
             name, path = _group_name(spec)
             groups.setdefault(name, []).append(parse_log(path))
         table = report_table(groups, opts.metric)
+        phases = phase_table(groups, opts.metric)
     except ReportError as e:
         p.error(str(e))
     os.makedirs(opts.out, exist_ok=True)
     plot = os.path.join(opts.out, "bit_schedules.png")
     plot_schedules(groups, plot)
+    if any(min(b) < max(b) for runs in groups.values() for b in (runs[0].wbits, runs[0].inbits)):
+        table += "\n\nAt the bottom and the top of the cycles (mean over the run's log lines there):\n\n" + phases
     with open(os.path.join(opts.out, "report.md"), "w") as f:
         f.write(table + "\n")
     print(table)

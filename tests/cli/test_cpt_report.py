@@ -10,7 +10,7 @@ import sys
 import pytest
 from helpers import REPO, fairseq_train, script_refuses
 
-from fairseq_quant.cli.cpt_report import ReportError, parse_log, report_table
+from fairseq_quant.cli.cpt_report import ReportError, parse_log, phase_table, report_table
 from fairseq_quant.core.schedule import CPTConfig, CyclicPrecisionScheduler
 
 CFG = {"wbit_min": 4, "wbit_max": 8, "inbit_min": 2, "inbit_max": 6, "num_cyclic_period": 2}
@@ -57,6 +57,22 @@ def test_report_table_rows(logs):
     assert lines[3].endswith(f"| {cpt.bitops_vs_static8:.3f} | {cpt.backward_vs_static8:.3f} |")
 
 
+def test_phase_table_splits_the_cycles_into_bottom_and_top(logs):
+    # 4-8 / 2-6 bits, 2 cycles over 10 updates: updates 1-3 and 6-8 at the bottom quarter (W 4,4,5 / A 2,2,3),
+    # 4-5 and 9-10 at the top (W 7,8 / A 5,6); both validations (5, 10) follow a top
+    cpt, static = parse_log(logs["cpt"]), parse_log(logs["static8"])
+    acc = {n: t["accuracy"] for n, t in zip(cpt.updates, cpt.train)}
+    bottom = sum(acc[n] for n in (1, 2, 3, 6, 7, 8)) / 6
+    top = sum(acc[n] for n in (4, 5, 9, 10)) / 4
+    valid = sum(v["accuracy"] for v in cpt.valid) / 2
+    rows = phase_table({"static8": [static], "cpt": [cpt]}).splitlines()
+    assert rows[0].startswith("| run | training accuracy, all lines | training accuracy, bottom |")
+    static_all = sum(t["accuracy"] for t in static.train) / len(static.train)
+    assert rows[2] == f"| static8 | {static_all:.2f} | — | — | — | — |"
+    assert rows[3] == (f"| cpt | {sum(acc.values()) / 10:.2f} | {bottom:.2f} | {top:.2f} | — (0) | "
+                       f"{valid:.2f} (2) |")
+
+
 def test_cli_writes_markdown_and_png(logs, tmp_path):
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "cpt_report.py"), logs["static8"], logs["cpt"],
@@ -64,6 +80,7 @@ def test_cli_writes_markdown_and_png(logs, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "| static8 | 1 | 10 |" in proc.stdout  # named after the file, less -seed1
     assert (out / "report.md").read_text().strip() == proc.stdout.strip()
+    assert "At the bottom and the top of the cycles" in proc.stdout
     assert (out / "bit_schedules.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
