@@ -192,7 +192,8 @@ def phase_table(groups: dict[str, list[RunLog]], metric: str | None = None) -> s
 
 def precision_range(run: RunLog, threshold: float = 0.9) -> tuple[int, str]:
     """The precision range test (CPT's way of choosing the lower bound) on the log of a staircase run: the
-    lowest bit width from which training works, and a markdown table of each width's phase.
+    lowest bit width from which training works, and a markdown table of each width's phase. The climbing bits are
+    the weights' and the inputs' together, or one of them while the other stays put (a bound for that role).
 
     Each width's phase is the updates trained at it. Its training accuracy (sentence prediction logs one; else
     its loss) is the mean over the phase's second half, where the run has had time to adapt to the width. The
@@ -201,13 +202,22 @@ def precision_range(run: RunLog, threshold: float = 0.9) -> tuple[int, str]:
     ``ReportError`` for a log that is not a staircase run."""
     if not run.train or len(run.train) != len(run.wbits):
         raise ReportError(f"{run.path}: no train_inner lines with a training loss; run it with --log-interval 1")
-    if any(b < a for a, b in zip(run.wbits, run.wbits[1:])) or len(set(run.wbits)) < 2:
-        raise ReportError(f"{run.path}: its weight bits do not rise step by step (a staircase schedule run: "
+    rising = [(kind, b) for kind, b in (("weight", run.wbits), ("input", run.inbits)) if len(set(b)) > 1]
+    if not rising or any(y < x for _, b in rising for x, y in zip(b, b[1:])):
+        raise ReportError(f"{run.path}: its bits do not rise step by step (a staircase schedule run: "
                           f"fairseq-quant-experiment precision-range)")
+    if len(rising) == 2 and run.wbits != run.inbits:
+        raise ReportError(f"{run.path}: its weight and input bits both rise, but not together")
+    climbing = rising[0][1]
+    if len(rising) == 2:
+        label = "bits (W = A)"
+    else:
+        other = run.inbits if rising[0][0] == "weight" else run.wbits
+        label = f"{rising[0][0]} bits ({'inputs' if rising[0][0] == 'weight' else 'weights'} at {other[0]})"
     key = "accuracy" if all("accuracy" in t for t in run.train) else "loss"
     phases: dict[int, list[float]] = {}
     last: dict[int, int] = {}  # each phase's last update
-    for bits, t, update in zip(run.wbits, run.train, run.updates):
+    for bits, t, update in zip(climbing, run.train, run.updates):
         phases.setdefault(bits, []).append(t[key])
         last[bits] = update
     score = {b: statistics.mean(v[len(v) // 2:]) for b, v in phases.items()}
@@ -219,7 +229,7 @@ def precision_range(run: RunLog, threshold: float = 0.9) -> tuple[int, str]:
         if not works[b]:
             break
         bound = b
-    lines = [f"| bits (W = A) | updates | training {key} (second half of the phase) | within {threshold:g} of the "
+    lines = [f"| {label} | updates | training {key} (second half of the phase) | within {threshold:g} of the "
              f"top |", "|---|---|---|---|"]
     for b, before in zip(widths, [0, *(last[w] for w in widths)]):
         lines.append(f"| {b} | {last[b] - before} | {score[b]:.3f} | {'yes' if works[b] else 'no'} |")

@@ -233,9 +233,10 @@ class Runner:
             restore += ["--reset-optimizer", "--reset-dataloader", "--reset-meters", "--reset-lr-scheduler"]
         if row.cpt:
             lo, hi = (int(b) for b in row.cpt[0].split("-"))
+            in_lo, in_hi = (int(b) for b in row.cpt[3].split("-")) if len(row.cpt) > 3 else (lo, hi)
             cfg = self.run_dir / f"cfg_cpt-{row.name}.json"
             schedule = {"schedule": row.cpt[2]} if len(row.cpt) > 2 else {}
-            cfg.write_text(json.dumps({"wbit_min": lo, "wbit_max": hi, "inbit_min": lo, "inbit_max": hi,
+            cfg.write_text(json.dumps({"wbit_min": lo, "wbit_max": hi, "inbit_min": in_lo, "inbit_max": in_hi,
                                        "num_cyclic_period": int(row.cpt[1]), **schedule}) + "\n")
             flags += ["--cpt-config", str(cfg)]
         log = save.with_suffix(".log")
@@ -284,17 +285,25 @@ class Runner:
         return results_table(results, latency=kind == "latency")
 
     def _precision_range(self) -> str:
-        """The staircase run's table, and the cfg_cpt.json with its bound (``cli.cpt_report.precision_range``)."""
+        """The staircase runs' tables, and the cfg_cpt.json with their bounds (``cli.cpt_report.precision_range``):
+        one run's for weights and inputs alike, or the weights' run's and the inputs' run's."""
         from .cpt_report import parse_log, precision_range
 
         o = self.opts
-        log = self.logs[0].split("=", 1)[1]
-        bound, table = precision_range(parse_log(log), float(o.threshold))
         top = int(o.range.split("-")[1])
+        bounds, tables = {}, []
+        for spec in self.logs:
+            name, log = spec.split("=", 1)
+            bound, table = precision_range(parse_log(log), float(o.threshold))
+            role = name.removeprefix("precision-range").lstrip("-") or "weights and inputs"
+            bounds[role] = bound
+            tables.append(f"{role}:\n\n{table}\n\nlowest width that trains: {bound} bits")
+        w = bounds.get("weights", bounds.get("weights and inputs"))
+        a = bounds.get("inputs", bounds.get("weights and inputs"))
         cfg = self.run_dir / "cfg_cpt.json"
-        cfg.write_text(json.dumps({"wbit_min": bound, "wbit_max": top, "inbit_min": bound, "inbit_max": top,
+        cfg.write_text(json.dumps({"wbit_min": w, "wbit_max": top, "inbit_min": a, "inbit_max": top,
                                    "num_cyclic_period": int(o.period)}, indent=2) + "\n")
-        return f"{table}\n\nlowest width that trains: {bound} bits; written: {cfg} ({bound}-{top} bits)"
+        return "\n\n".join(tables) + f"\n\nwritten: {cfg} (weights {w}-{top} bits, inputs {a}-{top} bits)"
 
     # -- the experiments that are not fine-tuning runs -------------------------------------------------------------
     def _sensitivity(self) -> str:

@@ -27,7 +27,9 @@ class Train:
     name: str
     flags: tuple[str, ...] = ()
     start_from: str | None = None  # a run of this experiment whose best checkpoint the run fine-tunes
-    cpt: tuple[str, ...] | None = None  # (bit range LO-HI, cycles[, schedule]): a cfg_cpt.json the runner writes
+    # (bit range LO-HI, cycles[, schedule[, input bit range]]): a cfg_cpt.json the runner writes; the inputs take
+    # the weights' range unless a range of their own is given
+    cpt: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -248,8 +250,12 @@ def _listed(value: str, allowed: dict, flag: str) -> list[str]:
     return names
 
 
+ROLES = ("together", "separate")
+
+
 def _precision_range(o) -> list:
-    """One W8A8 fine-tuning whose bits rise from the bottom of --range to its top (the staircase schedule)."""
+    """W8A8 fine-tuning whose bits rise from the bottom of --range to its top (the staircase schedule): weights and
+    inputs together (--roles together), or one run for each, the other at the top of the range (separate)."""
     lo, hi = _bit_range(o["range"]).split("-")
     _count(o, "period", 1)
     threshold = float(o["threshold"]) if o["threshold"].replace(".", "", 1).isdigit() else -1.0
@@ -257,7 +263,12 @@ def _precision_range(o) -> list:
         raise ValueError(f"--threshold must be a number in (0, 1], got {o['threshold']!r}")
     if lo == hi:
         raise ValueError(f"--range must span more than one width, got {o['range']!r}")
-    return [Train("precision-range", W8A8, cpt=(f"{lo}-{hi}", "1", "staircase"))]
+    if o["roles"] not in ROLES:
+        raise ValueError(f"--roles must be one of {', '.join(ROLES)}, got {o['roles']!r}")
+    if o["roles"] == "together":
+        return [Train("precision-range", W8A8, cpt=(f"{lo}-{hi}", "1", "staircase"))]
+    return [Train("precision-range-weights", W8A8, cpt=(f"{lo}-{hi}", "1", "staircase", f"{hi}-{hi}")),
+            Train("precision-range-inputs", W8A8, cpt=(f"{hi}-{hi}", "1", "staircase", f"{lo}-{hi}"))]
 
 
 def _count(o, name: str, minimum: int = 0) -> str:
@@ -314,11 +325,13 @@ EXPERIMENTS = {e.name: e for e in (
                                      Option("period", "8", "cycles of the range sweep"),
                                      Option("range", "4-8", "bit range of the period sweep")),
                title="CPT sweep"),
-    Experiment("precision-range", "the precision range test: one W8A8 fine-tuning whose bits rise one at a time "
-               "through --range; reports the lowest width from which training works and writes a cfg_cpt.json "
-               "with it as the lower bound", _precision_range, table="precision-range", pretrained="minilm",
-               max_update=(280, 700),
+    Experiment("precision-range", "the precision range test: W8A8 fine-tuning whose bits rise one at a time "
+               "through --range (weights and inputs together, or one run each with --roles separate); reports the "
+               "lowest width from which training works and writes a cfg_cpt.json with it as the lower bound",
+               _precision_range, table="precision-range", pretrained="minilm", max_update=(280, 700),
                options=(Option("range", "2-8", "bit range LO-HI the staircase climbs"),
+                        Option("roles", "together", "together: weights and inputs climb as one; separate: a run "
+                                                    "for each, the other at the top (a bound for each)"),
                         Option("period", "8", "num_cyclic_period of the cfg_cpt.json it writes"),
                         Option("threshold", "0.9", "a width works when its training accuracy reaches this "
                                                    "fraction of the top width's")),

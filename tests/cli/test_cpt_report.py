@@ -125,14 +125,15 @@ def test_experiment2_refuses_a_bad_cpt_config_before_running_anything(tmp_path):
     assert proc.returncode == 2 and "cpt takes no --bits" in proc.stderr
 
 
-def staircase_log(tmp_path, accuracy_at: dict[int, float]) -> str:
-    """A fairseq train log of a staircase run: 4 updates per width, the given training accuracy at each."""
+def staircase_log(tmp_path, accuracy_at: dict[int, float], inbits: int | None = None) -> str:
+    """A fairseq train log of a staircase run: 4 updates per width, the given training accuracy at each; the
+    inputs climb with the weights, or stay at ``inbits``."""
     lines, n = [], 0
     for bits, acc in accuracy_at.items():
         for k in range(4):
             n += 1
             lines.append(f"2026-12-01 10:00:00 | INFO | train_inner | epoch 001:  {n} / 99 wbits={bits}, "
-                         f"inbits={bits}, macs={n}e6, bitops={n * bits * bits}e6, loss={2 - acc / 100:.3f}, "
+                         f"inbits={inbits or bits}, macs={n}e6, bitops={n * bits * bits}e6, loss={2 - acc / 100:.3f}, "
                          f"accuracy={acc - 3 + 2 * k}, num_updates={n}, lr=0.001")
     lines.append("2026-12-01 10:00:01 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 0.5 | "
                  f"accuracy 90 | num_updates {n}")
@@ -152,22 +153,45 @@ def test_precision_range_picks_the_lowest_width_from_which_training_works(tmp_pa
     assert precision_range(parse_log(log), threshold=0.75)[0] == 4
     with pytest.raises(ReportError, match="do not rise step by step"):
         precision_range(parse_log(staircase_log(tmp_path, {8: 90.0, 4: 80.0})))
+    # one role climbing, the other at the top: the bound is that role's
+    bound, table = precision_range(parse_log(staircase_log(tmp_path, {2: 50.0, 3: 88.0, 4: 90.0}, inbits=8)))
+    assert bound == 3 and table.startswith("| weight bits (inputs at 8) |")
 
 
-def test_precision_range_experiment_writes_the_cfg_with_its_bound(tmp_path):
-    """fairseq-quant-experiment precision-range as a user runs it, on the tiny model (4 updates per width)."""
+@pytest.mark.parametrize("roles", ["together", "separate"])
+def test_precision_range_experiment_writes_the_cfg_with_its_bound(tmp_path, roles):
+    """fairseq-quant-experiment precision-range as a user runs it, on the tiny model (4 updates per width): one
+    run for weights and inputs together, or one for each role with the other at the top."""
     from fairseq_quant.core.schedule import load_cpt_config
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(["fairseq-quant-experiment", "precision-range", "--pretrained", "tiny", "--max-update",
-                           "28", "--period", "4", "--out", str(tmp_path / "prt")],
+                           "28", "--period", "4", "--roles", roles, "--out", str(tmp_path / "prt")],
                           capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and not line.startswith("| bits")]
-    assert [int(r.split(" | ")[0][2:]) for r in rows] == [2, 3, 4, 5, 6, 7, 8]
+    heads = [line for line in proc.stdout.splitlines() if line.startswith("| ") and " updates | training" in line]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and line not in heads]
+    assert heads == (["| bits (W = A) | updates | training accuracy (second half of the phase) | within 0.9 of the "
+                      "top |"] if roles == "together" else
+                     ["| weight bits (inputs at 8) | updates | training accuracy (second half of the phase) | within "
+                      "0.9 of the top |", "| input bits (weights at 8) | updates | training accuracy (second half "
+                      "of the phase) | within 0.9 of the top |"])
+    assert [int(r.split(" | ")[0][2:]) for r in rows] == [2, 3, 4, 5, 6, 7, 8] * len(heads)
     assert all(r.split(" | ")[1] == "4" for r in rows)  # 4 updates at each width: the staircase
     (run,) = [d for d in (tmp_path / "prt").iterdir() if "-precision-range-" in d.name]
     cfg = load_cpt_config(str(run / "cfg_cpt.json"))
-    bound = int(re.search(r"lowest width that trains: (\d+) bits", proc.stdout)[1])
-    assert (cfg.wbit_min, cfg.inbit_min, cfg.wbit_max, cfg.num_cyclic_period) == (bound, bound, 8, 4)
-    assert json.loads((run / "cfg_cpt-precision-range.json").read_text())["schedule"] == "staircase"
+    bounds = [int(b) for b in re.findall(r"lowest width that trains: (\d+) bits", proc.stdout)]
+    assert (cfg.wbit_min, cfg.inbit_min) == ((bounds[0],) * 2 if roles == "together" else tuple(bounds))
+    assert (cfg.wbit_max, cfg.inbit_max, cfg.num_cyclic_period) == (8, 8, 4)
+    for name in ["precision-range"] if roles == "together" else ["precision-range-weights", "precision-range-inputs"]:
+        staircase = json.loads((run / f"cfg_cpt-{name}.json").read_text())
+        assert staircase["schedule"] == "staircase"
+        assert (staircase["wbit_min"], staircase["inbit_min"]) == {
+            "precision-range": (2, 2), "precision-range-weights": (2, 8), "precision-range-inputs": (8, 2)}[name]
+
+
+def test_precision_range_refuses_unknown_roles_before_running(tmp_path):
+    proc = subprocess.run(["fairseq-quant-experiment", "precision-range", "--roles", "weights", "--out",
+                           str(tmp_path / "prt")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--roles must be one of together, separate, got 'weights'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "prt").exists()
