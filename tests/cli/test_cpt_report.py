@@ -106,13 +106,16 @@ def test_experiment3_runs_the_sweep_on_the_default_task_and_reports(tmp_path):
                            "--period", "2", "--max-update", "6", "--out", str(tmp_path / "e3")],
                           capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    table, _, phases = proc.stdout[proc.stdout.index("| run | seeds"):].partition("\n\nAt the bottom and the top")
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
     # the sweep's two points are the same config: run once
     assert [r.split(" | ")[0] for r in rows[1:]] == ["| static8", "| cpt-w4-8-a4-8-p2"]
     assert rows[1].endswith("| 1.000 | 1.000 |")  # forward and backward bit operations of static 8-bit
     (run,) = [d for d in os.listdir(tmp_path / "e3") if "-cpt-sweep-default-task-" in d]
     assert sorted(p.name for p in (tmp_path / "e3" / run).glob("cfg_cpt-*")) == ["cfg_cpt-cpt-w4-8-a4-8-p2.json"]
     assert (tmp_path / "e3" / run / "report" / "bit_schedules.png").exists()
+    assert [r.split(" | ")[0] for r in phases.splitlines() if r.startswith("| ")][2:] == ["| static8",
+                                                                                        "| cpt-w4-8-a4-8-p2"]
 
 
 def test_experiment2_refuses_a_bad_cpt_config_before_running_anything(tmp_path):
