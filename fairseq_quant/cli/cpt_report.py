@@ -12,6 +12,7 @@ GEMMs cost with 8-bit weights and 8-bit inputs.
 from __future__ import annotations
 
 import argparse
+import bisect
 import logging
 import os
 import re
@@ -158,8 +159,8 @@ def phase_table(groups: dict[str, list[RunLog]], metric: str | None = None) -> s
     """Markdown: per group, the training accuracy (the loss where none is logged) over all its train_inner lines,
     and for a cyclic group that and the validation metric at the bottom and at the top of the cycles (see
     ``_phases``); each is the mean over a run's lines, then mean ± std over the seeds. A validation is placed by
-    the train_inner line at its update (the bits of the updates just before it): validate at a multiple of
-    --log-interval. A static group's "all lines" is the reference for both ends of a cycle."""
+    the last train_inner line up to its update (the bits of the updates just before it; exact when it validates
+    at a multiple of --log-interval). A static group's "all lines" is the reference for both ends of a cycle."""
     first = next(iter(groups.values()))[0]
     metric = metric or first.best_metric
     key = "accuracy" if all("accuracy" in t for t in first.train) else "loss"
@@ -175,10 +176,14 @@ def phase_table(groups: dict[str, list[RunLog]], metric: str | None = None) -> s
             if not cyclic:
                 continue
             places = _phases(run)
-            at = dict(zip(run.updates, places))
+
+            def at(update: float, places=places, run=run) -> str | None:  # the last train_inner line up to it
+                i = bisect.bisect_right(run.updates, update) - 1
+                return places[i] if i >= 0 else None
+
             for where in ("bottom", "top"):
                 train = [t[key] for t, p in zip(run.train, places) if p == where and key in t]
-                valid = [v[metric] for v in run.valid if metric in v and at.get(int(v.get("num_updates", -1))) == where]
+                valid = [v[metric] for v in run.valid if metric in v and at(v.get("num_updates", -1)) == where]
                 if train:
                     cells[f"train {where}"].append(statistics.mean(train))
                 if valid:
