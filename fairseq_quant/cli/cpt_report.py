@@ -51,6 +51,11 @@ class RunLog:
         return self.bitops / (STATIC8 * self.macs)
 
     @property
+    def changing(self) -> dict[str, list[int]]:
+        """The bit sequences that change over the run, by role (``weight``, ``input``); empty for a static run."""
+        return {kind: b for kind, b in (("weight", self.wbits), ("input", self.inbits)) if len(set(b)) > 1}
+
+    @property
     def backward_vs_static8(self) -> float | None:
         """Backward bit operations over those of static 8-bit operands with 32-bit gradients (32 x 8 a MAC)."""
         return self.bw_bitops / (32 * 8 * self.bw_macs) if self.bw_macs else None
@@ -147,10 +152,10 @@ def report_table(groups: dict[str, list[RunLog]], metric: str | None = None) -> 
 def _phases(run: RunLog) -> list[str | None]:
     """Each train_inner line's place in its cycle: ``bottom`` (the bits that cycle within the lowest quarter of
     their range), ``top`` (the highest quarter) or None (between). Bits that do not change are left out."""
-    kinds = [b for b in (run.wbits, run.inbits) if min(b) < max(b)]
+    spans = [(b, min(b), max(b) - min(b)) for b in run.changing.values()]
     places = []
     for i in range(len(run.updates)):
-        level = statistics.mean((b[i] - min(b)) / (max(b) - min(b)) for b in kinds)
+        level = statistics.mean((b[i] - lo) / span for b, lo, span in spans)
         places.append("bottom" if level <= 0.25 else "top" if level >= 0.75 else None)
     return places
 
@@ -170,7 +175,7 @@ def phase_table(groups: dict[str, list[RunLog]], metric: str | None = None) -> s
         cells: dict[str, list[float]] = {"all": [], "train bottom": [], "train top": [], "valid bottom": [],
                                          "valid top": []}
         counts = {"bottom": 0, "top": 0}
-        cyclic = any(min(b) < max(b) for b in (runs[0].wbits, runs[0].inbits))
+        cyclic = bool(runs[0].changing)
         for run in runs:
             cells["all"].append(statistics.mean(t[key] for t in run.train if key in t))
             if not cyclic:
@@ -207,7 +212,7 @@ def precision_range(run: RunLog, threshold: float = 0.9) -> tuple[int, str]:
     ``ReportError`` for a log that is not a staircase run."""
     if not run.train or len(run.train) != len(run.wbits):
         raise ReportError(f"{run.path}: no train_inner lines with a training loss; run it with --log-interval 1")
-    rising = [(kind, b) for kind, b in (("weight", run.wbits), ("input", run.inbits)) if len(set(b)) > 1]
+    rising = list(run.changing.items())
     if not rising or any(y < x for _, b in rising for x, y in zip(b, b[1:])):
         raise ReportError(f"{run.path}: its bits do not rise step by step (a staircase schedule run: "
                           f"fairseq-quant-experiment precision-range)")
@@ -284,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     os.makedirs(opts.out, exist_ok=True)
     plot = os.path.join(opts.out, "bit_schedules.png")
     plot_schedules(groups, plot)
-    if any(min(b) < max(b) for runs in groups.values() for b in (runs[0].wbits, runs[0].inbits)):
+    if any(runs[0].changing for runs in groups.values()):
         table += "\n\nAt the bottom and the top of the cycles (mean over the run's log lines there):\n\n" + phases
     with open(os.path.join(opts.out, "report.md"), "w") as f:
         f.write(table + "\n")
