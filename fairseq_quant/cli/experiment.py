@@ -293,9 +293,10 @@ class Runner:
         top = int(o.range.split("-")[1])
         bounds, tables = {}, []
         for spec in self.logs:
-            name, log = spec.split("=", 1)
-            bound, table = precision_range(parse_log(log), float(o.threshold))
-            role = name.removeprefix("precision-range").lstrip("-") or "weights and inputs"
+            run = parse_log(spec.split("=", 1)[1])
+            bound, table = precision_range(run, float(o.threshold))
+            climbing = run.changing  # the role is what the log shows climbing
+            role = "weights and inputs" if len(climbing) == 2 else f"{next(iter(climbing))}s"
             bounds[role] = bound
             tables.append(f"{role}:\n\n{table}\n\nlowest width that trains: {bound} bits")
         w = bounds.get("weights", bounds.get("weights and inputs"))
