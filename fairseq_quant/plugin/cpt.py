@@ -110,9 +110,10 @@ class CyclicPrecision:
     def scheduler(self) -> CyclicPrecisionScheduler:
         if self._scheduler is None:
             self._scheduler = CyclicPrecisionScheduler(self.config, self._total())
+            offset = f" ({self.config.input_offset:g} of a cycle ahead)" if self.config.input_offset else ""
             logger.info(f"cyclic precision over {self._scheduler.total_updates} updates: weights "
                         f"{self.config.wbit_min}-{self.config.wbit_max} bits, inputs {self.config.inbit_min}-"
-                        f"{self.config.inbit_max} bits, {self.config.num_cyclic_period} cycles; evaluation at "
+                        f"{self.config.inbit_max} bits{offset}, {self.config.num_cyclic_period} cycles; evaluation at "
                         f"W{self.eval_bits[0]}A{self.eval_bits[1]}")
         return self._scheduler
 

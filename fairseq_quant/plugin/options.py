@@ -201,7 +201,8 @@ OPTIONS: tuple[Option, ...] = (
            "per-point overrides (x, h, y, P, C, Et, operation names, or path patterns); replaces the other "
            "quantization flags", validated_file_type(load_recipe, RecipeError), metavar="JSON"),
     Option("cpt_config", None, "cyclic precision training: cycle the weight and input bit widths during training as "
-           "cfg_cpt.json says (keys wbit_min, wbit_max, inbit_min, inbit_max, num_cyclic_period; see "
+           "cfg_cpt.json says (keys wbit_min, wbit_max, inbit_min, inbit_max, num_cyclic_period, optionally "
+           "input_offset and schedule; see "
            "configs/cfg_cpt.json); needs --quantw and/or --quantin, and --max-update or --max-epoch; replaces "
            "--bitsw/--bitsin", validated_file_type(load_cpt_config, CPTConfigError), metavar="JSON", group="cpt"),
     Option("cpt_eval_bits", "max", "with --cpt-config: the fixed precision of validation and of the saved model, "

@@ -67,6 +67,25 @@ def test_scheduler_gives_weight_and_input_bits_separately():
     assert s.bits_at(29) == (8, 6)
 
 
+def test_input_offset_shifts_the_inputs_cycles_against_the_weights():
+    # 2 cycles of 4 updates, both 4..8 bits; the inputs half a cycle ahead: each is high where the other is low
+    s = CyclicPrecisionScheduler(CPTConfig(**{**VALID, "inbit_max": 8, "inbit_min": 4, "num_cyclic_period": 2,
+                                              "input_offset": 0.5}), total_updates=8)
+    assert [s.bits_at(t) for t in range(8)] == [(4, 6), (5, 7), (6, 4), (7, 5)] * 2
+    assert [cyclic_bits(t, 8, 4, 8, 2, offset=0.5) for t in range(8)] == [6, 7, 4, 5] * 2
+    # the product of the bits, what a GEMM's bit operations go as, falls: 3..8 weights, 6..8 inputs, 8 cycles
+    def cost(offset):
+        s = CyclicPrecisionScheduler(CPTConfig(3, 8, 6, 8, 8, input_offset=offset), 600)
+        return sum(w * a for w, a in map(s.bits_at, range(600))) / (64 * 600)
+    assert cost(0.0) == pytest.approx(0.619, abs=1e-3) and cost(0.5) == pytest.approx(0.585, abs=1e-3)
+
+
+def test_input_offset_is_saved_with_the_config():
+    c = CPTConfig.from_dict({**VALID, "input_offset": 0.25})
+    assert c.input_offset == 0.25 and CPTConfig.from_dict(json.loads(c.to_json())) == c
+    assert CPTConfig.from_dict(VALID).input_offset == 0.0  # files (and checkpoints) from before: in phase
+
+
 def test_constant_schedule_when_min_equals_max():
     assert {cyclic_bits(t, 50, 6, 6, 5) for t in range(50)} == {6}
 
@@ -93,9 +112,9 @@ def test_example_configs_are_valid():
 
 @pytest.mark.parametrize("change, message", [
     ({"wbit_min": None}, "missing key(s) wbit_min (the keys are wbit_min, wbit_max, inbit_min, inbit_max, "
-                         "num_cyclic_period, and optionally schedule)"),
+                         "num_cyclic_period, and optionally schedule, input_offset)"),
     ({"num_cycles": 2}, "unknown key(s) num_cycles (the keys are wbit_min, wbit_max, inbit_min, inbit_max, "
-                        "num_cyclic_period, and optionally schedule)"),
+                        "num_cyclic_period, and optionally schedule, input_offset)"),
     ({"schedule": "linear"}, "schedule must be one of cosine, staircase, got 'linear'"),
     ({"schedule": "staircase"}, "the staircase schedule rises once over the run: num_cyclic_period must be 1, got 3"),
     ({"wbit_min": 4.0}, "wbit_min must be an integer, got 4.0"),
@@ -105,6 +124,10 @@ def test_example_configs_are_valid():
     ({"inbit_min": 1}, "inbit_min must be an integer from 2 to 16, got 1"),
     ({"wbit_max": 17}, "wbit_max must be an integer from 2 to 16, got 17"),
     ({"num_cyclic_period": 0}, "num_cyclic_period must be an integer >= 1, got 0"),
+    ({"input_offset": 1}, "input_offset must be a number in [0, 1) (a fraction of a cycle), got 1"),
+    ({"input_offset": "0.5"}, "input_offset must be a number in [0, 1) (a fraction of a cycle), got '0.5'"),
+    ({"input_offset": 0.5, "schedule": "staircase", "num_cyclic_period": 1},
+     "the staircase schedule has no cycles to offset: input_offset must be 0, got 0.5"),
 ])
 def test_bad_config_names_the_key_and_the_allowed_values(tmp_path, change, message):
     data = {k: v for k, v in {**VALID, **change}.items() if v is not None}
