@@ -185,7 +185,9 @@ OPTIONS: tuple[Option, ...] = (
            f"{','.join(OPS)}: GEMM operands, the activation function's input/output, LayerNorm input/output, the "
            f"scaled attention scores (softmax input), residual sums (default gemm)", _ops_type, metavar="OPS"),
     Option("estimatorw", "minmax", "weight range estimator: minmax, percentile (--percentile), mse (the clipping "
-           "range with the least quantization error, golden-section search) or mse_grid (100 candidates) (minmax)",
+           "range with the least quantization error, golden-section search) or mse_grid (100 candidates); in training "
+           "a clipping range is searched when the bits change or every 50 forwards, as a fraction of the weight's "
+           "min-max (minmax)",
            choices=tuple(ESTIMATORS)),
     Option("estimatorin", "minmax", "input range estimator, as --estimatorw, applied to each batch that updates "
            "the running range (training, or evaluate.py --calib-batches) (minmax)", choices=tuple(ESTIMATORS)),

@@ -279,3 +279,32 @@ def test_learned_ranges_round_stochastically_when_asked(symmetric):
     assert torch.isfinite(g_stochastic).all() and bool((g_stochastic != 0).all())
     assert torch.equal(xs.grad[inside], xn.grad[inside])  # straight-through inside the range
     assert torch.equal(q.eval()(x), nearest.eval()(x))  # evaluation rounds to nearest
+
+
+def test_training_weight_clipping_is_searched_once_per_bit_width(monkeypatch):
+    # a clipping estimator's search runs when the bits change (or every CLIP_REFRESH forwards); in between the
+    # weight takes the searched fraction of its current min-max
+    from dataclasses import replace
+
+    from fairseq_quant.core import estimators, quant_measure
+    calls = []
+    search = estimators.ESTIMATORS["mse_grid"]
+    monkeypatch.setitem(estimators.ESTIMATORS, "mse_grid", replace(
+        search, estimate=lambda x, axis, spec: calls.append(spec.bits) or search.estimate(x, axis, spec)))
+    monkeypatch.setattr(quant_measure, "CLIP_REFRESH", 3)
+    torch.manual_seed(0)
+    w = torch.randn(4, 256)
+    spec = QuantSpec(mode="quantize", format="int3", per_channel=True, dynamic=True, estimator="mse_grid")
+    m = QuantMeasure(spec, channels=4, role="weight").train()
+    lo, hi = estimators.mse_range(w, 3, True, True, "grid", axis=0)
+    qmin, qmax = int_grid(3, True, True)
+    torch.testing.assert_close(m(w), fake_quant_int(w, *int_qparams(lo, hi, 3, True, True)[:2], qmin, qmax, 0))
+    moved = w * 1.5  # the weight after some updates: the same clipping fraction of its new min-max
+    torch.testing.assert_close(m(moved), fake_quant_int(moved, *int_qparams(1.5 * lo, 1.5 * hi, 3, True, True)[:2],
+                                                         qmin, qmax, 0))
+    assert (hi.abs() < w.abs().amax(dim=1)).all() and calls == [3]  # clipped, from one search
+    m(w)
+    m.set_spec(replace(spec, format="int5"))  # cyclic precision: other bits, a new search
+    m(w)
+    m(w), m(w), m(w)  # the fourth forward at 5 bits: CLIP_REFRESH (3) passed, searched again
+    assert calls == [3, 5, 5]
