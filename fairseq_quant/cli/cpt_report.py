@@ -20,7 +20,7 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 
-__all__ = ["RunLog", "parse_log", "phase_table", "report_table", "plot_schedules", "main"]
+__all__ = ["CRITERIA", "RunLog", "parse_log", "phase_table", "report_table", "plot_schedules", "main"]
 
 STATIC8 = 64.0  # 8-bit weights x 8-bit inputs
 
@@ -200,16 +200,29 @@ def phase_table(groups: dict[str, list[RunLog]], metric: str | None = None) -> s
     return "\n".join(lines)
 
 
-def precision_range(run: RunLog, threshold: float = 0.9) -> tuple[int, str]:
+CRITERIA = {"fraction": 0.9, "rise": 10.0}  # the precision range test's criteria, with their default thresholds
+
+
+def precision_range(run: RunLog, threshold: float | None = None, criterion: str = "fraction") -> tuple[int, str]:
     """The precision range test (CPT's way of choosing the lower bound) on the log of a staircase run: the
     lowest bit width from which training works, and a markdown table of each width's phase. The climbing bits are
     the weights' and the inputs' together, or one of them while the other stays put (a bound for that role).
 
     Each width's phase is the updates trained at it. Its training accuracy (sentence prediction logs one; else
     its loss) is the mean over the phase's second half, where the run has had time to adapt to the width. The
-    bound is the lowest width from which every phase reaches ``threshold`` of the top phase's accuracy (loss: at
-    most its loss / ``threshold``). The top phase is at the highest width, the one known to train. Raises
-    ``ReportError`` for a log that is not a staircase run."""
+    bound depends on ``criterion``:
+
+    - ``fraction``: the lowest width from which every phase reaches ``threshold`` (default 0.9) of the top
+      phase's accuracy (loss: at most its loss / ``threshold``). The top phase is at the highest width, the one
+      known to train.
+    - ``rise`` (the CPT paper's): the lowest width whose accuracy rises over the width below it by more than
+      ``threshold`` points (default 10; loss: falls by more than ``threshold``), the width from which training
+      starts to converge; the top width if none does.
+
+    Raises ``ReportError`` for a log that is not a staircase run, ValueError for an unknown criterion."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
+    threshold = CRITERIA[criterion] if threshold is None else threshold
     if not run.train or len(run.train) != len(run.wbits):
         raise ReportError(f"{run.path}: no train_inner lines with a training loss; run it with --log-interval 1")
     rising = list(run.changing.items())
@@ -233,16 +246,23 @@ def precision_range(run: RunLog, threshold: float = 0.9) -> tuple[int, str]:
     score = {b: statistics.mean(v[len(v) // 2:]) for b, v in phases.items()}
     widths = sorted(score)
     top = score[widths[-1]]
-    works = {b: (s >= threshold * top) if key == "accuracy" else (s <= top / threshold) for b, s in score.items()}
-    bound = widths[-1]
-    for b in reversed(widths):
-        if not works[b]:
-            break
-        bound = b
-    lines = [f"| {label} | updates | training {key} (second half of the phase) | within {threshold:g} of the "
-             f"top |", "|---|---|---|---|"]
+    sign = 1.0 if key == "accuracy" else -1.0  # a better phase: higher accuracy, lower loss
+    if criterion == "fraction":
+        works = {b: (s >= threshold * top) if key == "accuracy" else (s <= top / threshold) for b, s in score.items()}
+        bound = widths[-1]
+        for b in reversed(widths):
+            if not works[b]:
+                break
+            bound = b
+        column = f"within {threshold:g} of the top"
+    else:
+        works = {b: sign * (score[b] - score[a]) > threshold for a, b in zip(widths, widths[1:])}
+        bound = next((b for b in widths[1:] if works[b]), widths[-1])
+        column = f"{'rises' if key == 'accuracy' else 'falls'} by more than {threshold:g} over the width below"
+    lines = [f"| {label} | updates | training {key} (second half of the phase) | {column} |", "|---|---|---|---|"]
     for b, before in zip(widths, [0, *(last[w] for w in widths)]):
-        lines.append(f"| {b} | {last[b] - before} | {score[b]:.3f} | {'yes' if works[b] else 'no'} |")
+        mark = "yes" if works.get(b) else "—" if b not in works else "no"
+        lines.append(f"| {b} | {last[b] - before} | {score[b]:.3f} | {mark} |")
     return bound, "\n".join(lines)
 
 

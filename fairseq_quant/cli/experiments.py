@@ -258,9 +258,7 @@ def _precision_range(o) -> list:
     inputs together (--roles together), or one run for each, the other at the top of the range (separate)."""
     lo, hi = _bit_range(o["range"]).split("-")
     _count(o, "period", 1)
-    threshold = float(o["threshold"]) if o["threshold"].replace(".", "", 1).isdigit() else -1.0
-    if not 0 < threshold <= 1:
-        raise ValueError(f"--threshold must be a number in (0, 1], got {o['threshold']!r}")
+    _threshold(o)
     if lo == hi:
         raise ValueError(f"--range must span more than one width, got {o['range']!r}")
     if o["roles"] not in ROLES:
@@ -269,6 +267,23 @@ def _precision_range(o) -> list:
         return [Train("precision-range", W8A8, cpt=(f"{lo}-{hi}", "1", "staircase"))]
     return [Train("precision-range-weights", W8A8, cpt=(f"{lo}-{hi}", "1", "staircase", f"{hi}-{hi}")),
             Train("precision-range-inputs", W8A8, cpt=(f"{hi}-{hi}", "1", "staircase", f"{lo}-{hi}"))]
+
+
+def _threshold(o) -> float:
+    """--criterion and --threshold of the precision range test: the threshold given, or the criterion's default
+    (``cpt_report.CRITERIA``); a fraction in (0, 1] or a rise of more than 0 points."""
+    from .cpt_report import CRITERIA
+
+    if o["criterion"] not in CRITERIA:
+        raise ValueError(f"--criterion must be one of {', '.join(CRITERIA)}, got {o['criterion']!r}")
+    if not o["threshold"]:
+        return CRITERIA[o["criterion"]]
+    threshold = float(o["threshold"]) if o["threshold"].replace(".", "", 1).isdigit() else -1.0
+    if o["criterion"] == "fraction" and not 0 < threshold <= 1:
+        raise ValueError(f"--threshold must be a number in (0, 1] with --criterion fraction, got {o['threshold']!r}")
+    if o["criterion"] == "rise" and not threshold > 0:
+        raise ValueError(f"--threshold must be a number > 0 (points) with --criterion rise, got {o['threshold']!r}")
+    return threshold
 
 
 def _count(o, name: str, minimum: int = 0) -> str:
@@ -333,8 +348,11 @@ EXPERIMENTS = {e.name: e for e in (
                         Option("roles", "together", "together: weights and inputs climb as one; separate: a run "
                                                     "for each, the other at the top (a bound for each)"),
                         Option("period", "8", "num_cyclic_period of the cfg_cpt.json it writes"),
-                        Option("threshold", "0.9", "a width works when its training accuracy reaches this "
-                                                   "fraction of the top width's")),
+                        Option("criterion", "fraction", "fraction: the bound is the lowest width from which "
+                               "every width reaches --threshold of the top width's training accuracy; rise (the CPT "
+                               "paper's): the lowest width whose accuracy rises over the width below by more than "
+                               "--threshold points"),
+                        Option("threshold", "", "fraction: 0.9 unless given; rise: 10 points unless given")),
                title="Precision range test"),
     Experiment("int8-training", "BF16 against each --int8-training mode (and stochastic rounding), dev metric and "
                "time per run", _int8, options=(Option("modes", "bf16,fwd,fwd_dgrad,all,all_sr",

@@ -154,6 +154,13 @@ def test_precision_range_picks_the_lowest_width_from_which_training_works(tmp_pa
     assert bound == 6
     assert "| 4 | 4 | 83.000 | yes |" in table and "| 5 | 4 | 72.000 | no |" in table
     assert precision_range(parse_log(log), threshold=0.75)[0] == 4
+    # the CPT paper's criterion: the first width that rises over the one below by more than 10 points (4: +29)
+    bound, table = precision_range(parse_log(log), criterion="rise")
+    assert bound == 4 and "| 2 | 4 | 52.000 | — |" in table and "| 3 | 4 | 54.000 | no |" in table
+    assert "| 4 | 4 | 83.000 | yes |" in table and "rises by more than 10 over the width below" in table
+    assert precision_range(parse_log(log), threshold=30, criterion="rise")[0] == 8  # no rise of 30: the top
+    with pytest.raises(ValueError, match="criterion must be one of fraction, rise, got 'jump'"):
+        precision_range(parse_log(log), criterion="jump")
     with pytest.raises(ReportError, match="do not rise step by step"):
         precision_range(parse_log(staircase_log(tmp_path, {8: 90.0, 4: 80.0})))
     # one role climbing, the other at the top: the bound is that role's
@@ -198,3 +205,14 @@ def test_precision_range_refuses_unknown_roles_before_running(tmp_path):
                            str(tmp_path / "prt")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--roles must be one of together, separate, got 'weights'" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "prt").exists()
+    proc = subprocess.run(["fairseq-quant-experiment", "precision-range", "--criterion", "jump", "--out",
+                           str(tmp_path / "prt")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--criterion must be one of fraction, rise, got 'jump'" in proc.stderr
+    from fairseq_quant.cli.experiments import _threshold
+
+    assert _threshold({"criterion": "rise", "threshold": ""}) == 10.0
+    assert _threshold({"criterion": "fraction", "threshold": ""}) == 0.9
+    for criterion, threshold, message in (("rise", "0", "a number > 0 (points) with --criterion rise, got '0'"),
+                                          ("fraction", "5", "a number in (0, 1] with --criterion fraction, got '5'")):
+        with pytest.raises(ValueError, match=re.escape(f"--threshold must be {message}")):
+            _threshold({"criterion": criterion, "threshold": threshold})
