@@ -217,7 +217,8 @@ def precision_range(run: RunLog, threshold: float | None = None, criterion: str 
       known to train.
     - ``rise`` (the CPT paper's): the lowest width whose accuracy rises over the width below it by more than
       ``threshold`` points (default 10; loss: falls by more than ``threshold``), the width from which training
-      starts to converge; the top width if none does.
+      starts to converge; the top width if none does. The lowest width is compared with the run's first logged
+      accuracy, so a bottom width that already trains is the bound.
 
     Raises ``ReportError`` for a log that is not a staircase run, ValueError for an unknown criterion."""
     if criterion not in CRITERIA:
@@ -256,12 +257,13 @@ def precision_range(run: RunLog, threshold: float | None = None, criterion: str 
             bound = b
         column = f"within {threshold:g} of the top"
     else:
-        works = {b: sign * (score[b] - score[a]) > threshold for a, b in zip(widths, widths[1:])}
-        bound = next((b for b in widths[1:] if works[b]), widths[-1])
+        below = [run.train[0][key], *(score[b] for b in widths[:-1])]  # the lowest width: the run's first line
+        works = {b: sign * (score[b] - ref) > threshold for b, ref in zip(widths, below)}
+        bound = next((b for b in widths if works[b]), widths[-1])
         column = f"{'rises' if key == 'accuracy' else 'falls'} by more than {threshold:g} over the width below"
     lines = [f"| {label} | updates | training {key} (second half of the phase) | {column} |", "|---|---|---|---|"]
     for b, before in zip(widths, [0, *(last[w] for w in widths)]):
-        mark = "yes" if works.get(b) else "—" if b not in works else "no"
+        mark = "yes" if works[b] else "no"
         lines.append(f"| {b} | {last[b] - before} | {score[b]:.3f} | {mark} |")
     return bound, "\n".join(lines)
 

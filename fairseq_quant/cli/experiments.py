@@ -177,10 +177,21 @@ def _cpt(o) -> list:
     from ..core.schedule import load_cpt_config
 
     rows = [Train("static8", ("--quantw", "--quantin", "--bitsw", "8", "--bitsin", "8"))]
+    weights = _estimatorw(o)
     for path in o["cpt_configs"].split(","):
         load_cpt_config(path)  # every file valid before anything runs (CPTConfigError names the key)
-        rows.append(Train(f"cpt-{path.rsplit('/', 1)[-1].removesuffix('.json')}", W8A8 + ("--cpt-config", path)))
+        rows.append(Train(f"cpt-{path.rsplit('/', 1)[-1].removesuffix('.json')}",
+                          W8A8 + ("--cpt-config", path) + weights))
     return rows + [CPTReport()]
+
+
+def _estimatorw(o) -> tuple[str, ...]:
+    """The cyclic runs' ``--estimatorw`` (--estimatorw of the cpt and precision-range experiments)."""
+    from ..core.estimators import ESTIMATORS
+
+    if o["estimatorw"] not in ESTIMATORS:
+        raise ValueError(f"--estimatorw must be one of {', '.join(ESTIMATORS)}, got {o['estimatorw']!r}")
+    return ("--estimatorw", o["estimatorw"])
 
 
 def _cpt_sweep(o) -> list:
@@ -263,10 +274,11 @@ def _precision_range(o) -> list:
         raise ValueError(f"--range must span more than one width, got {o['range']!r}")
     if o["roles"] not in ROLES:
         raise ValueError(f"--roles must be one of {', '.join(ROLES)}, got {o['roles']!r}")
+    flags = W8A8 + _estimatorw(o)
     if o["roles"] == "together":
-        return [Train("precision-range", W8A8, cpt=(f"{lo}-{hi}", "1", "staircase"))]
-    return [Train("precision-range-weights", W8A8, cpt=(f"{lo}-{hi}", "1", "staircase", f"{hi}-{hi}")),
-            Train("precision-range-inputs", W8A8, cpt=(f"{hi}-{hi}", "1", "staircase", f"{lo}-{hi}"))]
+        return [Train("precision-range", flags, cpt=(f"{lo}-{hi}", "1", "staircase"))]
+    return [Train("precision-range-weights", flags, cpt=(f"{lo}-{hi}", "1", "staircase", f"{hi}-{hi}")),
+            Train("precision-range-inputs", flags, cpt=(f"{hi}-{hi}", "1", "staircase", f"{lo}-{hi}"))]
 
 
 def _threshold(o) -> float:
@@ -332,7 +344,10 @@ EXPERIMENTS = {e.name: e for e in (
                         Option("max_sentences", "", "evaluate the first N sentences only"))),
     Experiment("cpt", "static 8-bit against cyclic precision (--cpt-configs) on the same model, task and seeds",
                _cpt, seeds="1,2", table="cpt",
-               options=(Option("cpt_configs", str(CONFIGS / "cfg_cpt.json"), "cfg_cpt.json files, comma-separated"),),
+               options=(Option("cpt_configs", str(CONFIGS / "cfg_cpt.json"), "cfg_cpt.json files, comma-separated"),
+                        Option("estimatorw", "mse_grid", "the cyclic runs' weight range estimator (the static "
+                               "run keeps minmax): mse_grid (default: the clipping range of least error, searched "
+                               "when the bits change), minmax, percentile or mse")),
                title="Static 8-bit vs CPT"),
     Experiment("cpt-sweep", "CPT periods (--periods at --range) and bit ranges (--ranges at --period)", _cpt_sweep,
                table="cpt", options=(Option("periods", "2,8,32", "numbers of cycles"),
@@ -352,7 +367,9 @@ EXPERIMENTS = {e.name: e for e in (
                                "every width reaches --threshold of the top width's training accuracy; rise (the CPT "
                                "paper's): the lowest width whose accuracy rises over the width below by more than "
                                "--threshold points"),
-                        Option("threshold", "", "fraction: 0.9 unless given; rise: 10 points unless given")),
+                        Option("threshold", "", "fraction: 0.9 unless given; rise: 10 points unless given"),
+                        Option("estimatorw", "mse_grid", "the staircase runs' weight range estimator, as the cpt "
+                                                         "experiment's (mse_grid)")),
                title="Precision range test"),
     Experiment("int8-training", "BF16 against each --int8-training mode (and stochastic rounding), dev metric and "
                "time per run", _int8, options=(Option("modes", "bf16,fwd,fwd_dgrad,all,all_sr",

@@ -15,6 +15,8 @@ __all__ = ["check_cpt_args", "cpt_config_from_args", "total_updates", "CyclicPre
 
 logger = logging.getLogger(__name__)
 
+LOW_WEIGHT_BITS = 3  # at and below: min-max weight ranges lose most of a weight's values (docs/cpt.md)
+
 
 def cpt_config_from_args(args) -> CPTConfig | None:
     """The CPT config of a model's ``args``: the copy saved with a checkpoint (``cpt_schedule``) when there is
@@ -41,6 +43,11 @@ def check_cpt_args(args, config: CPTConfig) -> None:
         raise CPTConfigError("--cpt-config cycles the bit widths of quantized weights and inputs: it needs "
                              "--quantw and/or --quantin")
     parse_eval_bits(getattr(args, "cpt_eval_bits", "max"), config)
+    if args.quantw and config.wbit_min <= LOW_WEIGHT_BITS and getattr(args, "estimatorw", "minmax") == "minmax":
+        logger.warning(f"--cpt-config cycles the weights down to {config.wbit_min} bits with min-max ranges "
+                       f"(--estimatorw minmax), which round most of a weight row to zero there; --estimatorw mse_grid "
+                       f"(clipping searched when the bits change) is the recommended setting "
+                       f"(docs/cpt.md)")
     max_update, max_epoch = getattr(args, "max_update", 0) or 0, getattr(args, "max_epoch", 0) or 0
     if max_update <= 0 and max_epoch <= 0:
         raise CPTConfigError("--cpt-config needs the length of the run: give --max-update or --max-epoch")

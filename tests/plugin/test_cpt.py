@@ -388,3 +388,17 @@ def test_the_staircase_schedule_rises_once_through_every_width():
     assert [scheduler.bits_at(t)[0] for t in (0, 9, 10, 69)] == [2, 2, 3, 8]
     assert CPTConfig.from_dict(json.loads(cfg.to_json())) == cfg  # saved with a checkpoint, read back
     assert CPTConfig.from_dict({**VALID}).schedule == "cosine"  # files without the key: CPT's cosine
+
+
+def test_low_weight_bits_with_minmax_ranges_warn(caplog):
+    from argparse import Namespace
+
+    from fairseq_quant.plugin.cpt import check_cpt_args
+    args = Namespace(quantw=True, quantin=True, max_update=20, estimatorw="minmax")
+    with caplog.at_level("WARNING", logger="fairseq_quant.plugin.cpt"):
+        check_cpt_args(args, CPTConfig(2, 8, 6, 8, 8))
+        assert "down to 2 bits with min-max ranges (--estimatorw minmax)" in caplog.text
+        caplog.clear()
+        check_cpt_args(Namespace(**{**vars(args), "estimatorw": "mse_grid"}), CPTConfig(2, 8, 6, 8, 8))
+        check_cpt_args(args, CPTConfig(4, 8, 4, 8, 8))
+        assert caplog.text == ""
