@@ -217,8 +217,8 @@ def precision_range(run: RunLog, threshold: float | None = None, criterion: str 
       known to train.
     - ``rise`` (the CPT paper's): the lowest width whose accuracy rises over the width below it by more than
       ``threshold`` points (default 10; loss: falls by more than ``threshold``), the width from which training
-      starts to converge; the top width if none does. The lowest width is compared with the run's first logged
-      accuracy, so a bottom width that already trains is the bound.
+      starts to converge; the top width if none does. The lowest width is compared with the first half of its
+      own phase (the start of the run), so a bottom width that already trains is the bound.
 
     Raises ``ReportError`` for a log that is not a staircase run, ValueError for an unknown criterion."""
     if criterion not in CRITERIA:
@@ -257,7 +257,8 @@ def precision_range(run: RunLog, threshold: float | None = None, criterion: str 
             bound = b
         column = f"within {threshold:g} of the top"
     else:
-        below = [run.train[0][key], *(score[b] for b in widths[:-1])]  # the lowest width: the run's first line
+        first = phases[widths[0]]  # the lowest width: over the first half of its own phase, the run's start
+        below = [statistics.mean(first[: max(len(first) // 2, 1)]), *(score[b] for b in widths[:-1])]
         works = {b: sign * (score[b] - ref) > threshold for b, ref in zip(widths, below)}
         bound = next((b for b in widths if works[b]), widths[-1])
         column = f"{'rises' if key == 'accuracy' else 'falls'} by more than {threshold:g} over the width below"
