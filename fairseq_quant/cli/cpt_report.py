@@ -200,10 +200,10 @@ def phase_table(groups: dict[str, list[RunLog]], metric: str | None = None) -> s
     return "\n".join(lines)
 
 
-CRITERIA = {"fraction": 0.9, "rise": 10.0}  # the precision range test's criteria, with their default thresholds
+CRITERIA = {"rise": 10.0, "fraction": 0.9}  # the precision range test's criteria, with their default thresholds
 
 
-def precision_range(run: RunLog, threshold: float | None = None, criterion: str = "fraction") -> tuple[int, str]:
+def precision_range(run: RunLog, threshold: float | None = None, criterion: str = "rise") -> tuple[int, str]:
     """The precision range test (CPT's way of choosing the lower bound) on the log of a staircase run: the
     lowest bit width from which training works, and a markdown table of each width's phase. The climbing bits are
     the weights' and the inputs' together, or one of them while the other stays put (a bound for that role).
@@ -212,13 +212,13 @@ def precision_range(run: RunLog, threshold: float | None = None, criterion: str 
     its loss) is the mean over the phase's second half, where the run has had time to adapt to the width. The
     bound depends on ``criterion``:
 
+    - ``rise`` (the default, the CPT paper's): the lowest width whose accuracy rises over the width below it by
+      more than ``threshold`` points (default 10; loss: falls by more than ``threshold``), the width from which
+      training starts to converge; the top width if none does. The lowest width is compared with the first half
+      of its own phase (the start of the run), so a bottom width that already trains is the bound.
     - ``fraction``: the lowest width from which every phase reaches ``threshold`` (default 0.9) of the top
       phase's accuracy (loss: at most its loss / ``threshold``). The top phase is at the highest width, the one
       known to train.
-    - ``rise`` (the CPT paper's): the lowest width whose accuracy rises over the width below it by more than
-      ``threshold`` points (default 10; loss: falls by more than ``threshold``), the width from which training
-      starts to converge; the top width if none does. The lowest width is compared with the first half of its
-      own phase (the start of the run), so a bottom width that already trains is the bound.
 
     Raises ``ReportError`` for a log that is not a staircase run, ValueError for an unknown criterion."""
     if criterion not in CRITERIA:

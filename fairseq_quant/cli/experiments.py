@@ -363,11 +363,11 @@ EXPERIMENTS = {e.name: e for e in (
                         Option("roles", "together", "together: weights and inputs climb as one; separate: a run "
                                                     "for each, the other at the top (a bound for each)"),
                         Option("period", "8", "num_cyclic_period of the cfg_cpt.json it writes"),
-                        Option("criterion", "fraction", "fraction: the bound is the lowest width from which "
-                               "every width reaches --threshold of the top width's training accuracy; rise (the CPT "
-                               "paper's): the lowest width whose accuracy rises over the width below by more than "
-                               "--threshold points"),
-                        Option("threshold", "", "fraction: 0.9 unless given; rise: 10 points unless given"),
+                        Option("criterion", "rise", "rise (default, the CPT paper's): the bound is the lowest "
+                               "width whose training accuracy rises over the width below by more than --threshold "
+                               "points; fraction: the lowest width from which every width reaches --threshold of "
+                               "the top width's"),
+                        Option("threshold", "", "rise: 10 points unless given; fraction: 0.9 unless given"),
                         Option("estimatorw", "mse_grid", "the staircase runs' weight range estimator, as the cpt "
                                                          "experiment's (mse_grid)")),
                title="Precision range test"),

@@ -149,11 +149,11 @@ def test_precision_range_picks_the_lowest_width_from_which_training_works(tmp_pa
     from fairseq_quant.cli.cpt_report import precision_range
 
     log = staircase_log(tmp_path, {2: 50.0, 3: 52.0, 4: 81.0, 5: 70.0, 6: 88.0, 7: 90.0, 8: 91.0})
-    bound, table = precision_range(parse_log(log), threshold=0.85)
+    bound, table = precision_range(parse_log(log), threshold=0.85, criterion="fraction")
     # 5 bits (72) falls under 0.85 x 93 (79): the bound is the lowest width from which every width works
     assert bound == 6
     assert "| 4 | 4 | 83.000 | yes |" in table and "| 5 | 4 | 72.000 | no |" in table
-    assert precision_range(parse_log(log), threshold=0.75)[0] == 4
+    assert precision_range(parse_log(log), threshold=0.75, criterion="fraction")[0] == 4
     # the CPT paper's criterion: the first width that rises over the one below by more than 10 points (4: +29);
     # the lowest width over the first half of its own phase (48)
     bound, table = precision_range(parse_log(log), criterion="rise")
@@ -161,7 +161,7 @@ def test_precision_range_picks_the_lowest_width_from_which_training_works(tmp_pa
     assert precision_range(parse_log(log), threshold=3, criterion="rise")[0] == 2  # 2 bits already trains: +4
     assert "| 4 | 4 | 83.000 | yes |" in table and "rises by more than 10 over the width below" in table
     assert precision_range(parse_log(log), threshold=30, criterion="rise")[0] == 8  # no rise of 30: the top
-    with pytest.raises(ValueError, match="criterion must be one of fraction, rise, got 'jump'"):
+    with pytest.raises(ValueError, match="criterion must be one of rise, fraction, got 'jump'"):
         precision_range(parse_log(log), criterion="jump")
     with pytest.raises(ReportError, match="do not rise step by step"):
         precision_range(parse_log(staircase_log(tmp_path, {8: 90.0, 4: 80.0})))
@@ -183,11 +183,11 @@ def test_precision_range_experiment_writes_the_cfg_with_its_bound(tmp_path, role
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     heads = [line for line in proc.stdout.splitlines() if line.startswith("| ") and " updates | training" in line]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and line not in heads]
-    assert heads == (["| bits (W = A) | updates | training accuracy (second half of the phase) | within 0.9 of the "
-                      "top |"] if roles == "together" else
-                     ["| weight bits (inputs at 8) | updates | training accuracy (second half of the phase) | within "
-                      "0.9 of the top |", "| input bits (weights at 8) | updates | training accuracy (second half "
-                      "of the phase) | within 0.9 of the top |"])
+    rise = "rises by more than 10 over the width below |"  # the default criterion, the CPT paper's
+    assert heads == ([f"| bits (W = A) | updates | training accuracy (second half of the phase) | {rise}"]
+                     if roles == "together" else
+                     [f"| weight bits (inputs at 8) | updates | training accuracy (second half of the phase) | {rise}",
+                      f"| input bits (weights at 8) | updates | training accuracy (second half of the phase) | {rise}"])
     assert [int(r.split(" | ")[0][2:]) for r in rows] == [2, 3, 4, 5, 6, 7, 8] * len(heads)
     assert all(r.split(" | ")[1] == "4" for r in rows)  # 4 updates at each width: the staircase
     (run,) = [d for d in (tmp_path / "prt").iterdir() if "-precision-range-" in d.name]
@@ -209,7 +209,7 @@ def test_precision_range_refuses_unknown_roles_before_running(tmp_path):
     assert "Traceback" not in proc.stderr and not (tmp_path / "prt").exists()
     proc = subprocess.run(["fairseq-quant-experiment", "precision-range", "--criterion", "jump", "--out",
                            str(tmp_path / "prt")], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "--criterion must be one of fraction, rise, got 'jump'" in proc.stderr
+    assert proc.returncode == 2 and "--criterion must be one of rise, fraction, got 'jump'" in proc.stderr
     from fairseq_quant.cli.experiments import _threshold
 
     assert _threshold({"criterion": "rise", "threshold": ""}) == 10.0
