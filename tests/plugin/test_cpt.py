@@ -106,7 +106,8 @@ def write(tmp_path: Path, content) -> str:
 def test_example_configs_are_valid():
     for path in sorted((REPO / "configs").glob("cfg_cpt*.json")):
         load_cpt_config(str(path))
-    # the recommendation for fine-tuning pretrained encoders (docs/cpt.md): weights 2-8 bits, inputs 6-8, 8 cycles
+    # the recommendation for fine-tuning pretrained encoders, with --estimatorw mse_grid (docs/cpt.md): weights 2-8
+    # bits, inputs 6-8, 8 cycles
     assert load_cpt_config(str(CFG)) == CPTConfig(2, 8, 6, 8, 8)
 
 
