@@ -288,14 +288,14 @@ class Runner:
         """The staircase runs' tables, and the cfg_cpt.json with their bounds (``cli.cpt_report.precision_range``):
         one run's for weights and inputs alike, or the weights' run's and the inputs' run's."""
         from .cpt_report import parse_log, precision_range
-        from .experiments import _threshold
+        from .experiments import prt_threshold
 
         o = self.opts
         top = int(o.range.split("-")[1])
         bounds, tables = {}, []
         for spec in self.logs:
             run = parse_log(spec.split("=", 1)[1])
-            bound, table = precision_range(run, _threshold(vars(o)), o.criterion)
+            bound, table = precision_range(run, prt_threshold(vars(o)), o.criterion)
             climbing = run.changing  # the role is what the log shows climbing
             role = "weights and inputs" if len(climbing) == 2 else f"{next(iter(climbing))}s"
             bounds[role] = bound

@@ -18,7 +18,7 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["EXPERIMENTS", "Experiment", "Option", "CPTReport", "Decode", "Eval", "Export", "Sensitivity", "Train",
+__all__ = ["EXPERIMENTS", "Experiment", "Option", "CPTReport", "prt_threshold", "Decode", "Eval", "Export", "Sensitivity", "Train",
            "Translate"]
 
 
@@ -269,7 +269,7 @@ def _precision_range(o) -> list:
     inputs together (--roles together), or one run for each, the other at the top of the range (separate)."""
     lo, hi = _bit_range(o["range"]).split("-")
     _count(o, "period", 1)
-    _threshold(o)
+    prt_threshold(o)
     if lo == hi:
         raise ValueError(f"--range must span more than one width, got {o['range']!r}")
     if o["roles"] not in ROLES:
@@ -281,7 +281,7 @@ def _precision_range(o) -> list:
             Train("precision-range-inputs", flags, cpt=(f"{hi}-{hi}", "1", "staircase", f"{lo}-{hi}"))]
 
 
-def _threshold(o) -> float:
+def prt_threshold(o) -> float:
     """--criterion and --threshold of the precision range test: the threshold given, or the criterion's default
     (``cpt_report.CRITERIA``); a fraction in (0, 1] or a rise of more than 0 points."""
     from .cpt_report import CRITERIA

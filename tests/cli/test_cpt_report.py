@@ -210,11 +210,11 @@ def test_precision_range_refuses_unknown_roles_before_running(tmp_path):
     proc = subprocess.run(["fairseq-quant-experiment", "precision-range", "--criterion", "jump", "--out",
                            str(tmp_path / "prt")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--criterion must be one of rise, fraction, got 'jump'" in proc.stderr
-    from fairseq_quant.cli.experiments import _threshold
+    from fairseq_quant.cli.experiments import prt_threshold
 
-    assert _threshold({"criterion": "rise", "threshold": ""}) == 10.0
-    assert _threshold({"criterion": "fraction", "threshold": ""}) == 0.9
+    assert prt_threshold({"criterion": "rise", "threshold": ""}) == 10.0
+    assert prt_threshold({"criterion": "fraction", "threshold": ""}) == 0.9
     for criterion, threshold, message in (("rise", "0", "a number > 0 (points) with --criterion rise, got '0'"),
                                           ("fraction", "5", "a number in (0, 1] with --criterion fraction, got '5'")):
         with pytest.raises(ValueError, match=re.escape(f"--threshold must be {message}")):
-            _threshold({"criterion": criterion, "threshold": threshold})
+            prt_threshold({"criterion": criterion, "threshold": threshold})
