@@ -18,8 +18,8 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["EXPERIMENTS", "Experiment", "Option", "CPTReport", "prt_threshold", "Decode", "Eval", "Export", "Sensitivity", "Train",
-           "Translate"]
+__all__ = ["EXPERIMENTS", "Experiment", "Option", "CPTReport", "prt_threshold", "Decode", "Eval", "Export",
+           "Sensitivity", "Train", "Translate"]
 
 
 @dataclass(frozen=True)
