@@ -43,11 +43,6 @@ def check_cpt_args(args, config: CPTConfig) -> None:
         raise CPTConfigError("--cpt-config cycles the bit widths of quantized weights and inputs: it needs "
                              "--quantw and/or --quantin")
     parse_eval_bits(getattr(args, "cpt_eval_bits", "max"), config)
-    if args.quantw and config.wbit_min <= LOW_WEIGHT_BITS and getattr(args, "estimatorw", "minmax") == "minmax":
-        logger.warning(f"--cpt-config cycles the weights down to {config.wbit_min} bits with min-max ranges "
-                       f"(--estimatorw minmax), which round most of a weight row to zero there; --estimatorw mse_grid "
-                       f"(clipping searched when the bits change) is the recommended setting "
-                       f"(docs/cpt.md)")
     max_update, max_epoch = getattr(args, "max_update", 0) or 0, getattr(args, "max_epoch", 0) or 0
     if max_update <= 0 and max_epoch <= 0:
         raise CPTConfigError("--cpt-config needs the length of the run: give --max-update or --max-epoch")
@@ -104,13 +99,16 @@ class CyclicPrecision:
     """Which bits a CPT model uses when: the schedule's in training, fixed ``eval_bits`` otherwise.
 
     ``total`` is a callable giving the run's length; it is called once, at the first training update (the training
-    set is loaded by then).
+    set is loaded by then). ``minmax_weights``: the quantized weights take min-max ranges (``--estimatorw
+    minmax``); cycled down to ``LOW_WEIGHT_BITS`` or fewer, the first training update warns about it (once per run,
+    and never where a CPT checkpoint is only loaded for evaluation).
     """
 
-    def __init__(self, config: CPTConfig, eval_bits: tuple[int, int], total):
+    def __init__(self, config: CPTConfig, eval_bits: tuple[int, int], total, minmax_weights: bool = False):
         self.config = config
         self.eval_bits = eval_bits
         self._total = total
+        self._minmax_weights = minmax_weights
         self._scheduler: CyclicPrecisionScheduler | None = None
 
     @property
@@ -122,6 +120,11 @@ class CyclicPrecision:
                         f"{self.config.wbit_min}-{self.config.wbit_max} bits, inputs {self.config.inbit_min}-"
                         f"{self.config.inbit_max} bits{offset}, {self.config.num_cyclic_period} cycles; evaluation at "
                         f"W{self.eval_bits[0]}A{self.eval_bits[1]}")
+            if self._minmax_weights and self.config.wbit_min <= LOW_WEIGHT_BITS:
+                logger.warning(f"--cpt-config cycles the weights down to {self.config.wbit_min} bits with min-max "
+                               f"ranges (--estimatorw minmax), which round most of a weight row to zero there; "
+                               f"--estimatorw mse_grid (clipping searched when the bits change) is the recommended "
+                               f"setting (docs/cpt.md)")
         return self._scheduler
 
     def bits(self, training: bool, update: int | None) -> tuple[int, int]:

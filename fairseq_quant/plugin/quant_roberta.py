@@ -90,8 +90,9 @@ class QuantRobertaModel(RobertaModel):
         model._reset_account = bool(safe_getattr(args, "reset_meters", False)
                                     or safe_getattr(args, "reset_optimizer", False))
         if config is not None:
+            minmax_weights = bool(args.quantw) and safe_getattr(args, "estimatorw", "minmax") == "minmax"
             model.cpt = CyclicPrecision(config, (args.bitsw, args.bitsin),
-                                        total=lambda: total_updates(args, task, model))
+                                        total=lambda: total_updates(args, task, model), minmax_weights=minmax_weights)
         for module in model.modules():
             if isinstance(module, nn.LayerNorm):
                 module.eps = args.layernorm_eps

@@ -392,14 +392,19 @@ def test_the_staircase_schedule_rises_once_through_every_width():
 
 
 def test_low_weight_bits_with_minmax_ranges_warn(caplog):
-    from argparse import Namespace
+    # at the first training update (once), not where the model is only built or loaded for evaluation
+    from fairseq_quant.plugin.cpt import CyclicPrecision
 
-    from fairseq_quant.plugin.cpt import check_cpt_args
-    args = Namespace(quantw=True, quantin=True, max_update=20, estimatorw="minmax")
+    def schedule(config, minmax_weights):
+        return CyclicPrecision(config, (8, 8), total=lambda: 20, minmax_weights=minmax_weights).scheduler
+
     with caplog.at_level("WARNING", logger="fairseq_quant.plugin.cpt"):
-        check_cpt_args(args, CPTConfig(2, 8, 6, 8, 8))
+        cpt = CyclicPrecision(CPTConfig(2, 8, 6, 8, 8), (8, 8), total=lambda: 20, minmax_weights=True)
+        assert caplog.text == ""  # built: nothing yet
+        cpt.bits(True, 0)
         assert "down to 2 bits with min-max ranges (--estimatorw minmax)" in caplog.text
         caplog.clear()
-        check_cpt_args(Namespace(**{**vars(args), "estimatorw": "mse_grid"}), CPTConfig(2, 8, 6, 8, 8))
-        check_cpt_args(args, CPTConfig(4, 8, 4, 8, 8))
+        cpt.bits(True, 1)
+        schedule(CPTConfig(2, 8, 6, 8, 8), minmax_weights=False)  # --estimatorw mse_grid
+        schedule(CPTConfig(4, 8, 4, 8, 8), minmax_weights=True)
         assert caplog.text == ""
