@@ -34,7 +34,7 @@ class RunLog:
     """What a training log says: the bit schedule, the bit-operations account and the validations."""
 
     path: str
-    updates: list[int] = field(default_factory=list)
+    updates: list[int] = field(default_factory=list)  # the num_updates of each train_inner line
     wbits: list[int] = field(default_factory=list)
     inbits: list[int] = field(default_factory=list)
     macs: float = 0.0
@@ -45,6 +45,13 @@ class RunLog:
     train: list[dict[str, float]] = field(default_factory=list)  # each train_inner line's loss (and accuracy)
     best_metric: str = "loss"  # the run's --best-checkpoint-metric, and whether it is maximised
     maximize: bool = False
+    final_update: int = 0  # the run's last update (its last epoch summary's num_updates, if later than the lines)
+
+    @property
+    def length(self) -> int:
+        """Updates the run made: the last train_inner line's, or its last epoch summary's where that is later
+        (a run whose length is no multiple of --log-interval logs its last updates there only)."""
+        return max(self.final_update, self.updates[-1])
 
     @property
     def bitops_vs_static8(self) -> float:
@@ -64,7 +71,20 @@ class RunLog:
 _TRAIN_INNER = re.compile(r"\| train_inner \| .*?(\w+=.*)$")
 _BEST = re.compile(r"'best_checkpoint_metric': '(\w+)'")
 _MAXIMIZE = re.compile(r"'maximize_best_checkpoint_metric': (True|False)")
+_EPOCH = re.compile(r"\| train \| epoch \d+ \| (.*)$")  # an epoch's summary: the account at its end
 _VALID = re.compile(r"\| valid \| .*valid on '[^']*' subset \| (.*)$")
+
+
+def _fields(text: str) -> dict[str, float]:
+    """The numeric ``key value`` fields of a ``--log-format simple`` summary (``a 1 | b 2.5 | ...``)."""
+    values = {}
+    for part in text.split(" | "):
+        key, _, value = part.strip().partition(" ")
+        try:
+            values[key] = float(value)
+        except ValueError:
+            pass
+    return values
 
 
 def parse_log(path: str) -> RunLog:
@@ -90,16 +110,18 @@ def parse_log(path: str) -> RunLog:
                         run.bw_macs, run.bw_bitops = float(kv["bw_macs"]), float(kv["bw_bitops"])
                     run.train.append({k: float(kv[k]) for k in ("loss", "accuracy") if k in kv})
                 continue
+            m = _EPOCH.search(line)
+            if m:
+                kv = _fields(m.group(1))
+                if "bitops" in kv and "num_updates" in kv:  # cumulative totals, logged as their last value
+                    run.final_update = int(kv["num_updates"])
+                    run.macs, run.bitops = kv["macs"], kv["bitops"]
+                    if "bw_bitops" in kv:
+                        run.bw_macs, run.bw_bitops = kv["bw_macs"], kv["bw_bitops"]
+                continue
             m = _VALID.search(line)
             if m:
-                values = {}
-                for part in m.group(1).split(" | "):
-                    key, _, value = part.strip().partition(" ")
-                    try:
-                        values[key] = float(value)
-                    except ValueError:
-                        pass
-                run.valid.append(values)
+                run.valid.append(_fields(m.group(1)))
     if not run.updates:
         raise ReportError(f"{path}: no train_inner lines with wbits/inbits/macs/bitops; expected the log of a "
                           f"fairseq-train run of a quant_roberta model with --log-format simple")
@@ -144,7 +166,7 @@ def report_table(groups: dict[str, list[RunLog]], metric: str | None = None) -> 
         ratio = statistics.mean(r.bitops_vs_static8 for r in runs)
         backward = [r.backward_vs_static8 for r in runs]
         bw = f"{statistics.mean(backward):.3f}" if None not in backward else "—"
-        lines.append(f"| {name} | {len(runs)} | {runs[0].updates[-1]} | {_mean_std(final)} | {_mean_std(best)} | "
+        lines.append(f"| {name} | {len(runs)} | {runs[0].length} | {_mean_std(final)} | {_mean_std(best)} | "
                      f"{wmean:.2f} / {imean:.2f} | {ratio:.3f} | {bw} |")
     return "\n".join(lines)
 

@@ -45,6 +45,23 @@ def test_parse_log_reads_schedule_account_and_validations(logs):
     assert 8 / 64 < run.bitops_vs_static8 < 0.6
 
 
+def test_account_and_length_come_from_the_runs_end_not_its_last_logged_update(logs, tmp_path):
+    # a run of 10 updates logging every 4th (--log-interval 4) has train_inner lines at 4 and 8 only; its epoch
+    # summary has the account after update 10
+    full = parse_log(logs["cpt"])
+    lines = open(logs["cpt"]).read().splitlines(keepends=True)
+    kept = [ln for ln in lines if "| train_inner |" not in ln or re.search(r"num_updates=[48],", ln)]
+    assert len(kept) == len(lines) - 8
+    sparse = tmp_path / "cpt-seed1.log"
+    sparse.write_text("".join(kept))
+    run = parse_log(str(sparse))
+    assert run.updates == [4, 8] and run.length == 10 == full.length
+    assert (run.macs, run.bitops, run.bw_bitops) == (full.macs, full.bitops, full.bw_bitops)
+    eighth = [ln for ln in lines if re.search(r"\| train_inner \|.*num_updates=8,", ln)][0]
+    assert float(re.search(r"bitops=([^,]+)", eighth).group(1)) < run.bitops  # not the update-8 account
+    assert "| cpt | 1 | 10 |" in report_table({"cpt": [run]})
+
+
 def test_report_table_rows(logs):
     table = report_table({"static8": [parse_log(logs["static8"])], "cpt": [parse_log(logs["cpt"])]})
     lines = table.splitlines()
