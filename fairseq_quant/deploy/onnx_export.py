@@ -37,7 +37,7 @@ HEAD = "sentence_classification_head"
 @dataclass
 class ExportReport:
     """What an export wrote: the file, its opset, and how many quantization points of each grid it holds (e.g.
-    ``{"int8": 74, "uint8": 122}``)."""
+    ``{"uint8": 196}``)."""
 
     path: str
     opset: int

