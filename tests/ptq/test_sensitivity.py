@@ -219,8 +219,15 @@ def test_experiment1_runs_end_to_end(fp32_checkpoint, tiny_data, tmp_path):
     (("{ckpt}", "{data}", "--frobnicate"), "unrecognized arguments: --frobnicate"),
     (("nope.pt", "{data}"), "--checkpoint: no such file: nope.pt"),
 ])
-def test_experiment1_refuses_bad_arguments_before_running(tiny_data, tmp_path, args, message):
+def test_experiment1_refuses_bad_arguments_before_running(tiny_data, tmp_path, args, message, capsys, monkeypatch):
     args = [a.format(ckpt=__file__, data=tiny_data) for a in args]
-    proc = experiment1(*args, cwd=tmp_path)
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    if len(args) < 3:  # the script's own check, and one refusal through the whole script
+        proc = experiment1(*args, cwd=tmp_path)
+        code, err = proc.returncode, proc.stderr
+    else:  # the script is `fairseq-quant-experiment sensitivity --checkpoint C D ...`: its cli_main, in process
+        from fairseq_quant.cli.experiment import cli_main
+
+        monkeypatch.chdir(tmp_path)
+        code, _, err = run_in_process(capsys, cli_main, "sensitivity", "--checkpoint", *args)
+    assert code == 2 and message in err, err
     assert not (tmp_path / "runs").exists()
