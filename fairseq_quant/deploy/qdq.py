@@ -37,7 +37,7 @@ __all__ = ["ExportError", "OnnxPoint", "onnx_point", "FLOAT8"]
 
 FLOAT8 = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 # integer containers: (dtype, lowest, highest)
-_CONTAINERS = ((torch.uint8, 0, 255), (torch.int8, -128, 127), (torch.uint16, 0, 65535), (torch.int16, -32768, 32767))
+_CONTAINERS_16 = ((torch.uint16, 0, 65535), (torch.int16, -32768, 32767))  # unsigned, signed
 
 
 class ExportError(ValueError):
@@ -47,10 +47,10 @@ class ExportError(ValueError):
 
 def _container(p: QParams) -> tuple[torch.dtype, float, int, int]:
     """``(dtype, shift, lowest, highest)``: the ONNX integer type that holds the grid ``qmin + shift .. qmax +
-    shift``. 8 bits: uint8, signed grids shifted by 128 (ONNX Runtime's uint8 x uint8 kernels are exact on every
-    x86 CPU, its uint8 x int8 ones saturate on AVX2 without VNNI); 16 bits: uint16 or int16, unshifted."""
+    shift``. 8 bits: uint8, signed grids shifted by 128 (ONNX Runtime's uint8 x int8 kernels saturate on AVX2
+    without VNNI; uint8 x uint8 was exact on the AMD EPYC where they did); 16 bits: uint16 or int16, unshifted."""
     if p.qmax - p.qmin > 255:
-        dtype, lo, hi = _CONTAINERS[2 if p.qmin >= 0 else 3]
+        dtype, lo, hi = _CONTAINERS_16[0 if p.qmin >= 0 else 1]
         return dtype, 0.0, lo, hi
     return torch.uint8, (128.0 if p.qmin < 0 else 0.0), 0, 255
 
@@ -86,7 +86,7 @@ class OnnxPoint(nn.Module):
 
     @property
     def onnx_type(self) -> str:
-        """The ONNX type it is stored in (``uint8``, ``int8``, ``uint16``, ``int16``, ``fp8_e4m3``, ``fp8_e5m2``),
+        """The ONNX type it is stored in (``uint8``, ``uint16``, ``int16``, ``fp8_e4m3``, ``fp8_e5m2``),
         with the grid's width where it is narrower (``uint8 (4-bit grid)``)."""
         p = self.qparams
         if p.format != "int":
