@@ -7,7 +7,7 @@ that fails without it.
 from importlib import import_module
 
 PATCHES = ("help_lists_model_args", "model_checks_args", "bf16_without_tpu", "checkpoint_weights_only",
-           "distributed_on_cpu", "broadcast_object_weights_only")
+           "distributed_on_cpu", "broadcast_object_weights_only", "buffered_iterator_exit")
 
 __all__ = ["PATCHES", "apply_all", "wrap_parse_args_and_arch"]
 
