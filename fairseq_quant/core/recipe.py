@@ -312,7 +312,8 @@ QUANT_DICT_KEYS = tuple(SHORT_NAMES) + ("residual",)
 def parse_quant_dict(value) -> list[tuple[str, dict]]:
     """``--quant-dict`` (a Python/JSON dict literal, or a dict) -> recipe ``points`` entries.
 
-    Keys are short names (``SHORT_NAMES``) or ``residual`` (both residual sums of every layer); values are bit
+    Keys are short names (``SHORT_NAMES``), ``residual`` (both residual sums of every layer) or glob patterns over
+    quantizer paths, as in recipe files (``*.layers.0.fc1.weight_quant``: one layer's point); values are bit
     widths (2..16) or, for ``x``, ``h``, ``y`` and ``residual``, ``ngN`` (N embedding groups) or ``ngpN`` (N groups
     with range-based permutation), at the input bit width.
     ``{'y': 'ngp6', 'Et': 2}`` -> ``[('y', {'groups': 6, 'permute': True}), ('Et', {'bits': 2})]``.
@@ -327,8 +328,9 @@ def parse_quant_dict(value) -> list[tuple[str, dict]]:
         raise RecipeError(f"--quant-dict: expected a dictionary such as {{'y': 16, 'h': 'ng6'}}, got {value!r}")
     points = []
     for key, v in value.items():
-        if key not in QUANT_DICT_KEYS:
-            raise RecipeError(f"--quant-dict: unknown point {key!r}; allowed: {', '.join(QUANT_DICT_KEYS)}")
+        if key not in QUANT_DICT_KEYS and not (isinstance(key, str) and _is_pattern(key)):
+            raise RecipeError(f"--quant-dict: unknown point {key!r}; allowed: {', '.join(QUANT_DICT_KEYS)}, or a "
+                              f"pattern over quantizer paths such as '*.layers.0.fc1.weight_quant'")
         try:
             points.append((key, {"bits": check_bits(v)}))
             continue

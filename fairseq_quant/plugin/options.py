@@ -197,7 +197,8 @@ OPTIONS: tuple[Option, ...] = (
            "gradient descent (LSQ), starting from the estimated ranges", switch=True),
     Option("quant_dict", None, "mixed precision by point, e.g. \"{'y': 16, 'h': 16, 'x': 16}\" or \"{'y': 'ng6', "
            f"'h': 'ngp6', 'Et': 2}}\": bit widths, or ngN / ngpN (N embedding groups, with permutation) for "
-           f"{', '.join(QUANT_DICT_ACTIVATIONS)}; keys {', '.join(QUANT_DICT_KEYS)}", _quant_dict_type,
+           f"{', '.join(QUANT_DICT_ACTIVATIONS)}; keys {', '.join(QUANT_DICT_KEYS)}, or patterns over quantizer paths "
+           f"('*.layers.0.fc1.weight_quant': 8)", _quant_dict_type,
            metavar="DICT"),
     Option("quant_recipe", None, "a JSON recipe (see configs/recipes/): base weight/input specs, operations and "
            "per-point overrides (x, h, y, P, C, Et, operation names, or path patterns); replaces the other "

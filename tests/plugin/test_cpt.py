@@ -381,6 +381,35 @@ def test_points_kept_at_a_fixed_precision_while_the_rest_cycles(tmp_path):
     assert bitops == (macs - fc1) * 4 * 4 + fc1 * 4 * 8
 
 
+def test_one_layers_weights_kept_at_8_bits_by_a_pattern_while_the_rest_cycles(tmp_path):
+    """CPT per layer: a --quant-dict pattern over quantizer paths keeps layer 0's fc1 weights at 8 bits; layer 1's
+    cycle, and the account counts layer 0's fc1 at 8 weight bits."""
+    cfg = write(tmp_path, {**VALID, "wbit_min": 2, "inbit_min": 6, "inbit_max": 8})
+    model = tiny_model(["--quantw", "--quantin", "--cpt-config", cfg, "--quant-dict",
+                        "{'*.layers.0.fc1.weight_quant': 8}"], max_update=30)
+    model.train()
+    model.set_num_updates(0)  # the bottom of the first cycle
+    assert model.cpt.bits(True, 0) == (2, 6)
+    layers = model.encoder.sentence_encoder.layers
+    assert layers[0].fc1.weight_quant.spec.bits == 8 and layers[0].fc2.weight_quant.spec.bits == 2
+    assert layers[1].fc1.weight_quant.spec.bits == 2 and layers[0].fc1.input_quant.spec.bits == 6
+    tokens = tiny_batch(batch=3, length=10)
+    model(tokens, features_only=True, classification_head_name="sentence_classification_head")
+    macs, bitops = model.bitops_counter.totals()
+    fc1 = 3 * 10 * 64 * 128  # layer 0's
+    attn = 2 * 2 * 3 * 10 * 10 * 64  # both layers' two attention matmuls, input x input bits
+    assert bitops == (macs - fc1 - attn) * 2 * 6 + fc1 * 8 * 6 + attn * 6 * 6
+    model.eval()
+    assert layers[0].fc1.weight_quant.spec.bits == layers[1].fc1.weight_quant.spec.bits == 8  # evaluation: W8A8
+
+
+def test_a_quant_dict_pattern_that_names_nothing_is_a_logged_typo(caplog):
+    model = tiny_model(["--quantw", "--quantin", "--quant-dict", "{'*.layers.7.fc1.weight_quant': 8}"])
+    with caplog.at_level("WARNING"):
+        model(tiny_batch(), features_only=True)
+    assert "points key '*.layers.7.fc1.weight_quant' matches no quantizer of this model" in caplog.text
+
+
 def test_the_staircase_schedule_rises_once_through_every_width():
     assert [staircase_bits(t, 14, 2, 8) for t in range(14)] == [2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8]
     assert [staircase_bits(t, 10, 4, 6) for t in range(10)] == [4, 4, 4, 4, 5, 5, 5, 6, 6, 6]

@@ -37,11 +37,21 @@ def test_quant_dict_sets_bits_and_embedding_groups_on_the_named_points():
     assert widest == sorted(widest)
 
 
+def test_quant_dict_patterns_name_one_layers_points():
+    assert parse_quant_dict("{'*.layers.0.fc1.weight_quant': 8, 'y': 16}") == [
+        ("*.layers.0.fc1.weight_quant", {"bits": 8}), ("y", {"bits": 16})]
+    q = points(tiny_model(["--quantw", "--bitsw", "4", "--quant-dict", "{'*.layers.0.fc1.weight_quant': 8}"]))
+    assert q[PRE + "fc1.weight_quant"].spec.bits == 8
+    assert q[PRE.replace(".0.", ".1.") + "fc1.weight_quant"].spec.bits == 4
+
+
 @pytest.mark.parametrize("value, message", [
     ("{'z': 8}", "unknown point 'z'; allowed: x, h, y, P, C, Et, residual"),
     ("{'y': 20}", "'y': 20 is not a valid value; allowed: an integer from 2 to 16, ngN or ngpN"),
     ("{'Et': 'ng4'}", "'Et': 'ng4' is not a valid value; allowed: an integer from 2 to 16"),
     ("{'y': 'ngq4'}", "'y': 'ngq4' is not a valid value"),
+    ("{'*.layers.0.fc1.weight_quant': 'ng2'}", "'*.layers.0.fc1.weight_quant': 'ng2' is not a valid value; allowed: "
+                                               "an integer from 2 to 16"),
     ("y=16", "'y=16' is not a dictionary literal"),
 ])
 def test_bad_quant_dict_names_key_and_allowed_values(value, message, capsys):
