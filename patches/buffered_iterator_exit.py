@@ -6,7 +6,8 @@ The bug: ``fairseq.data.iterators.BufferedIterator`` preloads batches (``--data-
 (``--max-update`` in mid-epoch), the thread is still collating batches while the interpreter finalises. Python
 3.11 ends a daemon thread that wants the GIL back after finalisation began with ``pthread_exit``; the forced
 unwind runs through PyTorch's ``noexcept`` C++ frames (a ``torch.cat`` in the collater releases the GIL) and
-``std::terminate`` kills the whole process. It depends on timing: seen on loaded machines, one run in hundreds.
+``std::terminate`` kills the whole process. It depends on timing: seen twice in this project's CI (2 workers on
+2 cores), never in the same test run alone.
 
 The fix: an ``atexit`` handler (it runs after the non-daemon threads have been joined and before finalisation)
 tells each live ``BackgroundConsumer`` to stop after the batch it is making (the thread checks its
@@ -22,7 +23,7 @@ from fairseq.data import iterators
 
 __all__ = ["apply", "stop_background_consumers"]
 
-_STOP_TIMEOUT_S = 60.0  # one batch of the largest collater; past it the thread is left as fairseq leaves it
+_STOP_TIMEOUT_S = 60.0  # per thread, to finish the batch in hand; past it the thread is left as fairseq leaves it
 
 
 def stop_background_consumers(timeout: float = _STOP_TIMEOUT_S) -> int:
